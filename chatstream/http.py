@@ -1,0 +1,46 @@
+"""Response classes: the event-stream response and JSON errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from django.http import JsonResponse, StreamingHttpResponse
+
+from chatstream.exceptions import ChatstreamError, MethodNotAllowed, RateLimited
+
+
+class EventStreamResponse(StreamingHttpResponse):
+    """A ``text/event-stream`` response that closes its generator on disconnect.
+
+    Django 5.2 cancels the response task when the client goes, but does not close
+    the view's async generator, so its ``finally`` would wait for garbage
+    collection. Wrapping middleware may replace ``streaming_content``, so we keep
+    our own reference to the generator we must close.
+    """
+
+    def __init__(self, events: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
+        super().__init__(events, content_type="text/event-stream; charset=utf-8", **kwargs)
+        self._events = events
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self.streaming_content
+        try:
+            async for part in content:
+                yield part
+        finally:
+            await content.aclose()
+            await self._events.aclose()
+
+
+class JsonErrorResponse(JsonResponse):
+    """``{"error": {"code", "message"}}`` with the error's status (and its headers)."""
+
+    def __init__(self, error: ChatstreamError) -> None:
+        super().__init__({"error": error.as_dict()}, status=error.status)
+        if isinstance(error, MethodNotAllowed):
+            self["Allow"] = ", ".join(error.allowed)
+        if isinstance(error, RateLimited):
+            self["Retry-After"] = str(error.retry_after)

@@ -1,0 +1,75 @@
+"""Who owns what: a signed-in user, or an anonymous visitor by an id in the session.
+
+The id lives in the session's data, not in the session key: ``login()`` cycles
+the key, and a visitor's conversations must survive signing in.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.signals import user_logged_in
+from django.db.models import Q
+from django.dispatch import receiver
+from django.http import HttpRequest
+
+from chatstream.conf import get_settings
+from chatstream.exceptions import NotAuthenticated
+from chatstream.models import Conversation
+
+ANONYMOUS_OWNER_KEY = "chatstream_owner"
+
+
+@dataclass(frozen=True)
+class Owner:
+    user_id: Any = None
+    anonymous_id: str = ""
+
+    def of(self, prefix: str = "") -> Q:
+        """Rows owned by this owner; ``prefix`` reaches them through a relation."""
+        if self.user_id is not None:
+            return Q(**{f"{prefix}owner_id": self.user_id})
+        return Q(**{f"{prefix}anonymous_owner": self.anonymous_id, f"{prefix}owner": None})
+
+    def assign(self, conversation: Conversation) -> None:
+        conversation.owner_id = self.user_id
+        conversation.anonymous_owner = self.anonymous_id
+
+    @property
+    def key(self) -> str:
+        """A stable string for rate-limit counters."""
+        return f"u:{self.user_id}" if self.user_id is not None else f"a:{self.anonymous_id}"
+
+
+async def aget_owner(request: HttpRequest, *, create: bool = False) -> Owner:
+    """The caller as an owner; ``create`` gives a new anonymous visitor an id.
+
+    Raises ``NotAuthenticated`` when nobody is signed in and anonymous chat is off.
+    """
+    user = await request.auser()
+    if user.is_authenticated:
+        return Owner(user_id=user.pk)
+    if not get_settings().allow_anonymous or not hasattr(request, "session"):
+        raise NotAuthenticated()
+    anonymous_id = await request.session.aget(ANONYMOUS_OWNER_KEY)
+    if not anonymous_id:
+        if not create:
+            # Nothing can be theirs yet; an id nobody holds matches nothing.
+            return Owner(anonymous_id=f"none-{uuid.uuid4().hex}")
+        anonymous_id = uuid.uuid4().hex
+        await request.session.aset(ANONYMOUS_OWNER_KEY, anonymous_id)
+    return Owner(anonymous_id=anonymous_id)
+
+
+@receiver(user_logged_in, dispatch_uid="chatstream_adopt_anonymous_conversations")
+def adopt_anonymous_conversations(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """Give the conversations a visitor had before signing in to the account."""
+    if request is None or not hasattr(request, "session"):
+        return
+    anonymous_id = request.session.pop(ANONYMOUS_OWNER_KEY, None)
+    if anonymous_id:
+        Conversation.objects.filter(anonymous_owner=anonymous_id, owner=None).update(
+            owner=user, anonymous_owner=""
+        )

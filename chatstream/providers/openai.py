@@ -1,0 +1,180 @@
+"""Providers on the ``openai`` SDK: OpenAI, any OpenAI-compatible server, and Azure OpenAI.
+
+Deliberately not the SDK's own ``AsyncStream``: building its objects costs about
+55 µs of CPU per chunk, against about 3 µs to ``json.loads`` the SSE line. We use
+``with_streaming_response`` (which keeps the SDK's auth, retries and Azure
+handling) and parse the raw lines ourselves, so ``[DONE]``, in-stream
+``{"error": ...}`` payloads and raw ``httpx2`` transport errors are handled here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import openai
+
+from chatstream.exceptions import UpstreamError
+from chatstream.providers.base import ChatRequest, Chunk, Provider, Usage
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_TIMEOUT = httpx2.Timeout(120.0, connect=10.0)
+
+# Fixed, safe texts: an upstream's own message may echo part of a key or a prompt.
+_STATUS_ERRORS = {
+    400: ("upstream_bad_request", "The model's server rejected the request."),
+    401: ("upstream_auth", "The model's server refused the credentials."),
+    403: ("upstream_auth", "The model's server refused the credentials."),
+    404: ("upstream_not_found", "The model or deployment was not found on the server."),
+    408: ("upstream_timeout", "The model's server timed out."),
+    413: ("upstream_bad_request", "The conversation is too long for the model."),
+    422: ("upstream_bad_request", "The model's server rejected the request."),
+    429: ("upstream_rate_limited", "The model's server is rate limiting; try again shortly."),
+}
+
+
+def _status_error(status: int) -> UpstreamError:
+    code, message = _STATUS_ERRORS.get(
+        status, ("upstream_unavailable", "The model's server is unavailable; try again later.")
+    )
+    return UpstreamError(message, code=code)
+
+
+def _parse_usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return Usage(prompt, completion)
+    return None
+
+
+def parse_chunk(payload: dict[str, Any]) -> Chunk | None:
+    """One ``chat.completion.chunk`` as a ``Chunk``; ``None`` when it carries nothing.
+
+    Azure's first chunk (``prompt_filter_results``) and the ``include_usage``
+    chunk both have empty ``choices``.
+    """
+    if "error" in payload and payload["error"]:
+        raise UpstreamError("The model's server reported an error mid-reply.")
+    text, finish = "", None
+    for choice in payload.get("choices") or ():
+        if choice.get("index", 0) != 0:
+            continue
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        finish = choice.get("finish_reason")
+    usage = _parse_usage(payload.get("usage"))
+    if not text and finish is None and usage is None:
+        return None
+    return Chunk(text=text, finish_reason=finish, usage=usage)
+
+
+@dataclass
+class OpenAIProvider(Provider):
+    """``OPTIONS`` are ``AsyncOpenAI`` keyword arguments (``api_key``, ``base_url``, ...)."""
+
+    client_class: type[openai.AsyncOpenAI] = openai.AsyncOpenAI
+    _client: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
+    _stream_usage: bool = field(default=True, init=False, repr=False)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs = {"timeout": _DEFAULT_TIMEOUT, **self.options}
+        # A local server (Ollama, vLLM) needs no key, but the SDK insists on one.
+        if (
+            kwargs.get("base_url")
+            and not kwargs.get("api_key")
+            and not os.environ.get("OPENAI_API_KEY")
+        ):
+            kwargs["api_key"] = "unused"
+        return kwargs
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            self._client = self.client_class(**self.client_kwargs())
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": request.messages,
+            "stream": True,
+        }
+        if self._stream_usage:
+            body["stream_options"] = {"include_usage": True}
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        return body
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                response = await self._open(stack, request)
+                async for chunk in self._read(response):
+                    yield chunk
+        except openai.APITimeoutError:
+            raise UpstreamError("The model's server timed out.", code="upstream_timeout") from None
+        except openai.APIConnectionError:
+            raise UpstreamError(
+                "The model's server could not be reached.", code="upstream_unreachable"
+            ) from None
+
+    async def _open(self, stack: contextlib.AsyncExitStack, request: ChatRequest) -> Any:
+        """Send the request; the stack closes the response, and with it the upstream."""
+        completions = self.client.chat.completions.with_streaming_response
+        try:
+            return await stack.enter_async_context(completions.create(**self._body(request)))
+        except openai.APIStatusError as exc:
+            # Some OpenAI-compatible servers refuse ``stream_options``: ask once more without.
+            if (
+                exc.status_code == 400
+                and self._stream_usage
+                and "stream_options" in str(exc.body or exc.message)
+            ):
+                self._stream_usage = False
+                return await self._open(stack, request)
+            logger.warning("The model's server answered HTTP %s.", exc.status_code)
+            raise _status_error(exc.status_code) from None
+
+    async def _read(self, response: Any) -> AsyncIterator[Chunk]:
+        try:
+            async for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, "event:" lines
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    payload = json.loads(data)
+                except ValueError:
+                    logger.warning("Ignoring a malformed line from the model's server.")
+                    continue
+                if isinstance(payload, dict) and (chunk := parse_chunk(payload)) is not None:
+                    yield chunk
+        except httpx2.TransportError:
+            raise UpstreamError(
+                "The connection to the model's server broke mid-reply.",
+                code="upstream_incomplete",
+            ) from None
+
+
+@dataclass
+class AzureOpenAIProvider(OpenAIProvider):
+    """``OPTIONS`` are ``AsyncAzureOpenAI`` kwargs; the model is the deployment name."""
+
+    client_class: type[openai.AsyncOpenAI] = openai.AsyncAzureOpenAI

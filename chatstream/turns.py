@@ -1,0 +1,262 @@
+"""Taking turns in a conversation: store the user's message, start the reply, regenerate, delete.
+
+All of a turn's database work happens here, before the 201 (and so before any
+stream's first byte). One streaming reply per conversation is the database's
+job (a conditional unique constraint), so two workers cannot both start one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from chatstream import limits
+from chatstream.conf import ChatstreamSettings, get_settings
+from chatstream.exceptions import (
+    BadRequest,
+    ChatstreamError,
+    Conflict,
+    ContentTooLong,
+    ReplyInProgress,
+    ServiceUnavailable,
+)
+from chatstream.generation import ReplySpec, recover, registry
+from chatstream.models import Assistant, Conversation, Message, Role, Status
+from chatstream.ownership import Owner
+from chatstream.providers.base import ChatRequest
+from chatstream.providers.demo import DEMO_MODEL
+from chatstream.replylog import get_reply_log
+from chatstream.serializers import assistant_payload
+
+_DELETE_WAIT = 3.0  # seconds a delete waits for a stopped reply to finalise
+_TITLE_LENGTH = 60
+
+# (the user's message, the new reply, the request's messages)
+Turn = tuple[Message, Message, list[dict[str, str]]]
+
+
+def current_messages(conversation_id: Any) -> QuerySet[Message]:
+    """The conversation as people see it: regenerated replies are left out."""
+    return Message.objects.filter(conversation_id=conversation_id, superseded=False).order_by(
+        "created_at"
+    )
+
+
+async def adefault_assistant() -> Assistant | None:
+    return await Assistant.objects.filter(is_active=True).order_by("-is_default", "name").afirst()
+
+
+def _target(assistant: Assistant | None, settings: ChatstreamSettings) -> tuple[str, str, bool]:
+    """(connection name, model, is_demo) for a reply by ``assistant``."""
+    name = assistant.connection if assistant else "default"
+    connection = settings.connections.get(name)
+    if connection is None:
+        raise ServiceUnavailable(
+            f"The assistant's connection {name!r} is not configured.",
+            code="assistant_misconfigured",
+        )
+    model = (assistant.model if assistant else "") or connection.model
+    if not model and connection.is_demo:
+        model = DEMO_MODEL
+    if not model:
+        raise ServiceUnavailable(
+            f"No model is set for the assistant or the connection {name!r}.",
+            code="assistant_misconfigured",
+        )
+    return name, model, connection.is_demo
+
+
+def assistant_info(assistant: Assistant) -> dict[str, Any]:
+    try:
+        _, model, is_demo = _target(assistant, get_settings())
+    except ChatstreamError:
+        model, is_demo = assistant.model, False
+    return assistant_payload(assistant, model=model, is_demo=is_demo)
+
+
+def _validate(content: str, settings: ChatstreamSettings) -> str:
+    if not content.strip():
+        raise BadRequest("The message is empty.", code="empty_content")
+    if len(content) > settings.max_content_length:
+        raise ContentTooLong(
+            f"The message is {len(content)} characters long; "
+            f"the limit is {settings.max_content_length}."
+        )
+    return content
+
+
+def _history(reply: Message, assistant: Assistant | None) -> list[dict[str, str]]:
+    """The request's messages: the system prompt, then every turn up to the reply's question."""
+    messages = []
+    if assistant and assistant.system_prompt:
+        messages.append({"role": "system", "content": assistant.system_prompt})
+    turns = (
+        current_messages(reply.conversation_id)
+        .filter(role__in=[Role.USER, Role.ASSISTANT], created_at__lt=reply.created_at)
+        .exclude(role=Role.ASSISTANT, content="")
+        .values_list("role", "content")
+    )
+    messages += [{"role": role, "content": content} for role, content in turns]
+    return messages
+
+
+def _new_reply(
+    conversation_id: Any, question: Message, assistant: Assistant | None, model: str
+) -> Message:
+    return Message.objects.create(
+        conversation_id=conversation_id,
+        role=Role.ASSISTANT,
+        status=Status.STREAMING,
+        reply_to=question,
+        assistant=assistant,
+        model=model,
+        # After its question even where the clock's resolution is coarse.
+        created_at=max(timezone.now(), question.created_at + timedelta(microseconds=1)),
+    )
+
+
+def _create_turn(
+    conversation: Conversation, content: str, assistant: Assistant | None, model: str
+) -> Turn:
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            question = Message.objects.create(
+                conversation=conversation,
+                role=Role.USER,
+                content=content,
+                status=Status.COMPLETE,
+                created_at=now,
+                finished_at=now,
+            )
+            reply = _new_reply(conversation.pk, question, assistant, model)
+            changes: dict[str, Any] = {"updated_at": now}
+            if not conversation.title:
+                changes["title"] = conversation.title = " ".join(content.split())[:_TITLE_LENGTH]
+            Conversation.objects.filter(pk=conversation.pk).update(**changes)
+    except IntegrityError:
+        raise ReplyInProgress() from None
+    return question, reply, _history(reply, assistant)
+
+
+def _replace_reply(old: Message, assistant: Assistant | None, model: str) -> Turn:
+    try:
+        with transaction.atomic():
+            Message.objects.filter(pk=old.pk).update(superseded=True)
+            question = Message.objects.get(pk=old.reply_to_id)
+            reply = _new_reply(old.conversation_id, question, assistant, model)
+    except IntegrityError:
+        raise ReplyInProgress() from None
+    return question, reply, _history(reply, assistant)
+
+
+async def _recover_streaming(conversation_id: Any) -> bool:
+    """Finalise the conversation's streaming reply if its generation died; True if so."""
+    stuck = await Message.objects.filter(
+        conversation_id=conversation_id, status=Status.STREAMING
+    ).afirst()
+    return stuck is not None and await recover(str(stuck.pk)) is not None
+
+
+async def _begin(
+    conversation: Conversation,
+    create: Callable[[Assistant | None, str], Turn],
+    undo: Callable[[Message, Message], None],
+) -> tuple[Message, Message]:
+    """Create the rows (retrying once past a dead reply), then start the generation."""
+    assistant = conversation.assistant
+    if assistant is None or not assistant.is_active:
+        assistant = await adefault_assistant()
+    connection, model, _ = _target(assistant, get_settings())
+    try:
+        question, reply, history = await sync_to_async(create)(assistant, model)
+    except ReplyInProgress:
+        if not await _recover_streaming(conversation.pk):
+            raise
+        question, reply, history = await sync_to_async(create)(assistant, model)
+    request = ChatRequest(
+        model=model,
+        messages=history,
+        temperature=assistant.temperature if assistant else None,
+        max_tokens=assistant.max_output_tokens if assistant else None,
+    )
+    try:
+        await registry.start(ReplySpec(str(reply.pk), str(conversation.pk), connection, request))
+    except Exception as exc:
+        # Nothing half-started may stay behind: the reply would block the conversation.
+        await sync_to_async(undo)(question, reply)
+        raise ServiceUnavailable(
+            "The reply could not be started; try again shortly.", code="log_unavailable"
+        ) from exc
+    return question, reply
+
+
+def _undo_turn(question: Message, reply: Message) -> None:
+    Message.objects.filter(pk__in=[question.pk, reply.pk]).delete()
+
+
+def _undo_replace(old: Message) -> Callable[[Message, Message], None]:
+    def undo(question: Message, reply: Message) -> None:
+        with transaction.atomic():
+            reply.delete()
+            Message.objects.filter(pk=old.pk).update(superseded=False)
+
+    return undo
+
+
+async def astart_reply(
+    owner: Owner, conversation: Conversation, content: str
+) -> tuple[Message, Message]:
+    settings = get_settings()
+    _validate(content, settings)
+    await limits.acheck_concurrent_replies(owner, settings)
+    await limits.acheck_message_rate(owner, settings)
+    create = functools.partial(_create_turn, conversation, content)
+    return await _begin(conversation, create, _undo_turn)
+
+
+async def aregenerate(owner: Owner, old: Message) -> tuple[Message, Message]:
+    if old.status == Status.STREAMING:
+        raise ReplyInProgress()
+    latest = await current_messages(old.conversation_id).filter(role=Role.ASSISTANT).alast()
+    if latest is None or latest.pk != old.pk or old.reply_to_id is None:
+        raise Conflict(
+            "Only the conversation's last reply can be regenerated.", code="not_last_reply"
+        )
+    settings = get_settings()
+    await limits.acheck_concurrent_replies(owner, settings)
+    await limits.acheck_message_rate(owner, settings)
+    create = functools.partial(_replace_reply, old)
+    return await _begin(old.conversation, create, _undo_replace(old))
+
+
+async def adelete_conversation(conversation: Conversation) -> None:
+    """Delete it; a streaming reply is stopped first, so its readers get ``done``."""
+    streaming = await Message.objects.filter(
+        conversation=conversation, status=Status.STREAMING
+    ).afirst()
+    if streaming is not None:
+        reply_id, log = str(streaming.pk), get_reply_log()
+        if await log.is_alive(reply_id):
+            await log.request_stop(reply_id)
+            await _wait_finalised(reply_id)
+        else:
+            await recover(reply_id, log)
+    await conversation.adelete()
+
+
+async def _wait_finalised(reply_id: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _DELETE_WAIT
+    while loop.time() < deadline:
+        if not await Message.objects.filter(pk=reply_id, status=Status.STREAMING).aexists():
+            return
+        await asyncio.sleep(0.05)

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from django.urls import path, re_path
+
+from chatstream import views
+
+app_name = "chatstream"
+
+urlpatterns = [
+    path("", views.page, name="page"),
+    path("c/<uuid:conversation_id>/", views.page, name="conversation-page"),
+    path("api/conversations/", views.conversations, name="conversations"),
+    path("api/conversations/<str:conversation_id>/", views.conversation, name="conversation"),
+    path(
+        "api/conversations/<str:conversation_id>/messages/", views.messages, name="messages"
+    ),
+    path("api/assistants/", views.assistants, name="assistants"),
+    path("api/messages/<str:message_id>/", views.message, name="message"),
+    path("api/messages/<str:message_id>/stream/", views.stream, name="stream"),
+    path("api/messages/<str:message_id>/regenerate/", views.regenerate, name="regenerate"),
+    path("api/messages/<str:message_id>/stop/", views.stop, name="stop"),
+    re_path(r"^api/(?P<path>.*)$", views.not_found),
+]

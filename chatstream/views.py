@@ -1,0 +1,366 @@
+"""The chat page, the JSON API and the SSE stream.
+
+Every API view answers JSON, errors included (CSRF failures, bad ids, wrong
+methods), and is usable under ``LoginRequiredMiddleware``. A stream does all of
+its request's database work before the first byte and then only reads the reply
+log; the generation is never tied to the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
+
+from chatstream import sse, turns
+from chatstream.conf import get_settings
+from chatstream.exceptions import (
+    BadRequest,
+    ChatstreamError,
+    Conflict,
+    CsrfFailed,
+    InvalidOffset,
+    MethodNotAllowed,
+    NotFound,
+)
+from chatstream.generation import final_record, recover
+from chatstream.http import EventStreamResponse, JsonErrorResponse
+from chatstream.models import Assistant, Conversation, Message, Role, Status
+from chatstream.ownership import Owner, aget_owner
+from chatstream.replylog import get_reply_log
+from chatstream.serializers import conversation_payload, message_payload
+
+View = Callable[..., Awaitable[HttpResponse]]
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class _JsonCsrfCheck(CsrfViewMiddleware):
+    def _reject(self, request: HttpRequest, reason: str) -> HttpResponse:
+        raise CsrfFailed(f"CSRF check failed: {reason}")
+
+
+_csrf = _JsonCsrfCheck(lambda request: HttpResponse())
+
+
+def api_view(*methods: str) -> Callable[[View], View]:
+    """JSON in, JSON out: method check, CSRF check, errors as ``{"error": ...}``."""
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                if request.method not in methods:
+                    raise MethodNotAllowed(list(methods))
+                if request.method not in _SAFE_METHODS:
+                    _csrf.process_request(request)
+                    _csrf.process_view(request, None, (), {})
+                return await view(request, *args, **kwargs)
+            except ChatstreamError as error:
+                return JsonErrorResponse(error)
+
+        wrapper.csrf_exempt = True  # type: ignore[attr-defined]  # checked above, as JSON
+        wrapper.login_required = False  # type: ignore[attr-defined]  # we answer 403 JSON
+        return wrapper
+
+    return decorator
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound() from None
+
+
+def _body(request: HttpRequest) -> dict[str, Any]:
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise BadRequest("The request body is too large.", code="request_too_large") from None
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def _string(data: Mapping[str, Any], key: str, *, max_length: int) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"'{key}' must be a string.", code=f"invalid_{key}")
+    if len(value) > max_length:
+        raise BadRequest(f"'{key}' is longer than {max_length} characters.", code=f"invalid_{key}")
+    return value
+
+
+async def _assistant(slug: str | None) -> Assistant | None:
+    if slug is None:
+        return None
+    assistant = await Assistant.objects.filter(slug=slug, is_active=True).afirst()
+    if assistant is None:
+        raise BadRequest(f"No active assistant is called {slug!r}.", code="unknown_assistant")
+    return assistant
+
+
+async def _conversation(owner: Owner, conversation_id: str) -> Conversation:
+    conversation = (
+        await Conversation.objects.select_related("assistant")
+        .filter(owner.of(), pk=_uuid(conversation_id))
+        .afirst()
+    )
+    if conversation is None:
+        raise NotFound("No such conversation.")
+    return conversation
+
+
+async def _message(owner: Owner, message_id: str) -> Message:
+    message = (
+        await Message.objects.filter(owner.of("conversation__"), pk=_uuid(message_id))
+        .select_related("conversation")
+        .afirst()
+    )
+    if message is None:
+        raise NotFound("No such message.")
+    return message
+
+
+def _started(user_message: Message, reply: Message) -> JsonResponse:
+    return JsonResponse(
+        {
+            "user_message": message_payload(user_message),
+            "assistant_message": message_payload(reply),
+            "stream_url": reverse("chatstream:stream", args=[reply.id]),
+        },
+        status=201,
+    )
+
+
+# --- the page -----------------------------------------------------------------------
+
+
+@ensure_csrf_cookie
+def page(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
+    settings = get_settings()
+    signed_in = request.user.is_authenticated
+    return render(
+        request,
+        "chatstream/chat.html",
+        {
+            "conversation_id": str(conversation_id) if conversation_id else "",
+            "can_chat": signed_in or settings.allow_anonymous,
+            "api_root": reverse("chatstream:conversations"),
+        },
+    )
+
+
+# --- conversations ------------------------------------------------------------------
+
+
+@api_view("GET", "POST")
+async def conversations(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        owner = await aget_owner(request)
+        rows = Conversation.objects.filter(owner.of()).select_related("assistant")[:200]
+        return JsonResponse({"conversations": [conversation_payload(c) async for c in rows]})
+    data = _body(request)
+    title = _string(data, "title", max_length=200) or ""
+    assistant = await _assistant(_string(data, "assistant", max_length=100))
+    owner = await aget_owner(request, create=True)
+    conversation = Conversation(
+        title=title, assistant=assistant or await turns.adefault_assistant()
+    )
+    owner.assign(conversation)
+    await conversation.asave()
+    return JsonResponse(conversation_payload(conversation, []), status=201)
+
+
+@api_view("GET", "PATCH", "DELETE")
+async def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    owner = await aget_owner(request)
+    conversation = await _conversation(owner, conversation_id)
+    if request.method == "GET":
+        messages = [m async for m in turns.current_messages(conversation.pk)]
+        return JsonResponse(conversation_payload(conversation, messages))
+    if request.method == "DELETE":
+        await turns.adelete_conversation(conversation)
+        return HttpResponse(status=204)
+    data = _body(request)
+    title = _string(data, "title", max_length=200)
+    slug = _string(data, "assistant", max_length=100)
+    if title is None and slug is None:
+        raise BadRequest("Give a 'title' or an 'assistant' to change.", code="nothing_to_change")
+    if title is not None:
+        conversation.title = title
+    if slug is not None:
+        conversation.assistant = await _assistant(slug)
+    await conversation.asave()
+    return JsonResponse(conversation_payload(conversation))
+
+
+@api_view("GET")
+async def assistants(request: HttpRequest) -> HttpResponse:
+    await aget_owner(request)
+    rows = [a async for a in Assistant.objects.filter(is_active=True)]
+    return JsonResponse({"assistants": [turns.assistant_info(a) for a in rows]})
+
+
+# --- messages -----------------------------------------------------------------------
+
+
+@api_view("POST")
+async def messages(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    owner = await aget_owner(request)
+    conversation = await _conversation(owner, conversation_id)
+    data = _body(request)
+    content = data.get("content")
+    if not isinstance(content, str):
+        raise BadRequest("'content' must be a string.", code="invalid_content")
+    user_message, reply = await turns.astart_reply(owner, conversation, content)
+    return _started(user_message, reply)
+
+
+@api_view("POST")
+async def regenerate(request: HttpRequest, message_id: str) -> HttpResponse:
+    owner = await aget_owner(request)
+    message = await _message(owner, message_id)
+    if message.role != Role.ASSISTANT:
+        raise Conflict("Only an assistant reply can be regenerated.", code="not_a_reply")
+    user_message, reply = await turns.aregenerate(owner, message)
+    return _started(user_message, reply)
+
+
+@api_view("GET")
+async def message(request: HttpRequest, message_id: str) -> HttpResponse:
+    owner = await aget_owner(request)
+    return JsonResponse(message_payload(await _message(owner, message_id)))
+
+
+@api_view("POST")
+async def stop(request: HttpRequest, message_id: str) -> HttpResponse:
+    owner = await aget_owner(request)
+    message = await _message(owner, message_id)
+    if message.status == Status.STREAMING:
+        log = get_reply_log()
+        if await log.is_alive(str(message.id)):
+            await log.request_stop(str(message.id))
+            return JsonResponse({"status": "stopping"}, status=202)
+        message = await recover(str(message.id), log) or message
+    return JsonResponse({"status": message.status, "message": message_payload(message)})
+
+
+# --- the stream ---------------------------------------------------------------------
+
+
+def _resume_offset(request: HttpRequest) -> int:
+    # The header wins: a reconnecting EventSource sends it while its URL keeps the old query.
+    raw = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or "0"
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise InvalidOffset(f"The resume offset {raw[:20]!r} is not an integer.") from None
+    if offset < 0:
+        raise InvalidOffset("The resume offset cannot be negative.")
+    return offset
+
+
+def _ending(final: Mapping[str, Any], offset: int) -> list[bytes]:
+    events = []
+    if final.get("error"):
+        events.append(sse.encode_json(final["error"], event="error"))
+    done = {key: final.get(key) for key in ("status", "finish_reason", "usage", "message")}
+    events.append(sse.encode_json(done, event="done", id=offset))
+    return events
+
+
+def _rest_of(message: Message, offset: int) -> list[bytes]:
+    """A finished reply from the database: exactly the text after ``offset``, then ``done``."""
+    events = []
+    if len(message.content) > offset:
+        events.append(sse.delta(message.content[offset:], len(message.content)))
+    return events + _ending(final_record(message), len(message.content))
+
+
+async def _finished(message_id: str) -> Message:
+    """The reply once its log is gone: finalised by its generation, or recovered now."""
+    message = await Message.objects.aget(pk=message_id)
+    if message.status == Status.STREAMING:
+        message = await recover(message_id) or message
+    return message
+
+
+async def _follow(message_id: str, offset: int) -> AsyncGenerator[bytes, None]:
+    settings, log = get_settings(), get_reply_log()
+    yield sse.retry(settings.retry_ms)
+    while True:
+        read = await log.read(message_id, offset, settings.keepalive_interval)
+        if read is None:  # expired, or its owner died: the database has the word
+            message = await _finished(message_id)
+            for event in _rest_of(message, offset):
+                yield event
+            return
+        if read.text:
+            offset = read.end
+            yield sse.delta(read.text, offset)
+        if read.final is not None:
+            for event in _ending(read.final, offset):
+                yield event
+            return
+        if not read.text:
+            yield sse.comment("keepalive")
+        elif settings.flush_interval:
+            # Let deltas gather: a slow client then gets fewer, larger frames.
+            await asyncio.sleep(settings.flush_interval)
+
+
+async def _replay(events: list[bytes]) -> AsyncGenerator[bytes, None]:
+    yield sse.retry(get_settings().retry_ms)
+    for event in events:
+        yield event
+
+
+@api_view("GET")
+async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
+    owner = await aget_owner(request)
+    message = await _message(owner, message_id)
+    if message.role != Role.ASSISTANT:
+        raise NotFound("No such reply.")
+    offset = _resume_offset(request)
+    reply_id = str(message.id)
+    # Compressing middleware (GZipMiddleware and kin) reads Accept-Encoding when the
+    # response passes; without it they leave the stream alone, unbuffered.
+    request.META.pop("HTTP_ACCEPT_ENCODING", None)
+    length = None
+    if message.status == Status.STREAMING:
+        length = await get_reply_log().length(reply_id)
+        if length is None:
+            message = await _finished(reply_id)
+    if length is None:
+        if offset > len(message.content):
+            raise InvalidOffset(f"The reply is only {len(message.content)} characters long.")
+        return EventStreamResponse(_replay(_rest_of(message, offset)))
+    if offset > length:
+        raise InvalidOffset(f"The reply is only {length} characters long so far.")
+    return EventStreamResponse(_follow(reply_id, offset))
+
+
+@csrf_exempt
+@login_not_required
+async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    return JsonErrorResponse(NotFound("No such API endpoint."))
