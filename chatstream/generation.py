@@ -25,9 +25,9 @@ from django.utils import timezone
 
 from chatstream import shutdown
 from chatstream.conf import ChatstreamSettings, get_settings
+from chatstream.connections import get_provider
 from chatstream.exceptions import UpstreamError
 from chatstream.models import Conversation, Message, Status
-from chatstream.connections import get_provider
 from chatstream.providers.base import ChatRequest, Usage
 from chatstream.replylog import ReplyLog, get_reply_log
 from chatstream.serializers import message_payload

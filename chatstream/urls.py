@@ -11,9 +11,7 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/", views.page, name="conversation-page"),
     path("api/conversations/", views.conversations, name="conversations"),
     path("api/conversations/<str:conversation_id>/", views.conversation, name="conversation"),
-    path(
-        "api/conversations/<str:conversation_id>/messages/", views.messages, name="messages"
-    ),
+    path("api/conversations/<str:conversation_id>/messages/", views.messages, name="messages"),
     path("api/assistants/", views.assistants, name="assistants"),
     path("api/messages/<str:message_id>/", views.message, name="message"),
     path("api/messages/<str:message_id>/stream/", views.stream, name="stream"),

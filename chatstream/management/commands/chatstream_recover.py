@@ -17,7 +17,10 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        ids = [str(pk) for pk in Message.objects.filter(status=Status.STREAMING).values_list("pk", flat=True)]
+        ids = [
+            str(pk)
+            for pk in Message.objects.filter(status=Status.STREAMING).values_list("pk", flat=True)
+        ]
         recovered = async_to_sync(self._recover)(ids)
         self.stdout.write(f"Recovered {recovered} of {len(ids)} streaming replies.")
 

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.fake_openai import FakeOpenAI
+from tests.sse_client import ApiClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    """A real ASGI server process (daphne or uvicorn) running the demo project."""
+
+    kind: str
+    workdir: Path
+    env: dict[str, str]
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log: Any = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def events_file(self) -> Path:
+        return Path(self.env["TEST_EVENTS_FILE"])
+
+    def finished_events(self) -> list[dict[str, str]]:
+        if not self.events_file.exists():
+            return []
+        return [json.loads(line) for line in self.events_file.read_text().splitlines()]
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def start(self) -> LiveServer:
+        self.port = self.port or free_port()  # a restart keeps its address
+        app = "project.asgi:application"
+        if self.kind == "daphne":
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), app]
+        else:
+            command = [
+                sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
+                "--port", str(self.port), "--lifespan", "off", "--no-access-log",
+            ]  # fmt: skip
+        if self.log is not None:
+            self.log.close()
+        self.log = open(self.workdir / f"{self.kind}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.read_log()
+            try:
+                if httpx2.get(self.url + "/api/assistants/", timeout=1).status_code < 500:
+                    return self
+            except httpx2.HTTPError:
+                time.sleep(0.1)
+        raise TimeoutError(f"{self.kind} did not start:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        return (self.workdir / f"{self.kind}.log").read_text(errors="replace")
+
+    def signal(self, signum: int, timeout: float = 20) -> int:
+        assert self.process is not None
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def client(self) -> ApiClient:
+        return ApiClient(self.url)
+
+
+def make_live_server(kind: str, workdir: Path, fake: FakeOpenAI, **extra_env: str) -> LiveServer:
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "AZURE", "REDIS"))},
+        "DJANGO_SETTINGS_MODULE": "tests.live_settings",
+        "DJANGO_SECRET_KEY": "live-tests-secret-key",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DJANGO_SECURE_COOKIES": "0",
+        "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+        "OPENAI_API_KEY": "sk-test-secret-0123456789",
+        "OPENAI_BASE_URL": fake.base_url,
+        "CHATSTREAM_MODEL": "fake-model",
+        "CHATSTREAM_ALLOW_ANONYMOUS": "1",
+        "TEST_EVENTS_FILE": str(workdir / "events.jsonl"),
+        "PYTHONUNBUFFERED": "1",
+        **extra_env,
+    }
+    server = LiveServer(kind=kind, workdir=workdir, env=env)
+    server.manage("migrate", "-v0")
+    server.manage("chatstream_seed")
+    return server.start()
+
+
+@pytest.fixture(scope="session", params=["daphne", "uvicorn"])
+def asgi_server(
+    request: pytest.FixtureRequest,
+    fake_openai: FakeOpenAI,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveServer]:
+    server = make_live_server(request.param, tmp_path_factory.mktemp(request.param), fake_openai)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_server(fake_openai: FakeOpenAI, tmp_path: Path) -> Iterator[Any]:
+    """Builds daphne servers of its own, for tests that kill or signal them."""
+    servers: list[LiveServer] = []
+
+    def build(**extra_env: str) -> LiveServer:
+        server = make_live_server("daphne", tmp_path / f"s{len(servers)}", fake_openai, **extra_env)
+        servers.append(server)
+        return server
+
+    yield build
+    for server in servers:
+        server.stop()

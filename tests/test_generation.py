@@ -1,0 +1,95 @@
+"""The generation's database discipline and its endings, in-process against the fake upstream."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import connections
+from django.db.backends.signals import connection_created
+from django.test import AsyncClient, override_settings
+
+from chatstream.generation import registry
+from chatstream.models import Message
+from tests.fake_openai import FakeOpenAI, Script
+from tests.settings import CHATSTREAM as TEST_CHATSTREAM
+from tests.test_views import new_conversation, send
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+_WRITE = re.compile(r'^\s*(INSERT INTO|UPDATE|DELETE FROM)\s+"?chatstream_message"?', re.I)
+
+
+class WriteCounter:
+    """Counts writes to the message table on every database connection opened meanwhile."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if _WRITE.match(sql):
+            self.writes.append(sql.split()[0].upper())
+        return execute(sql, params, many, context)
+
+    def attach(self, sender: Any, connection: Any, **kwargs: Any) -> None:
+        if self not in connection.execute_wrappers:
+            connection.execute_wrappers.append(self)
+
+
+@pytest.fixture
+def count_writes() -> Iterator[WriteCounter]:
+    counter = WriteCounter()
+    connection_created.connect(counter.attach)
+    for connection in connections.all(initialized_only=True):
+        counter.attach(None, connection)
+    yield counter
+    connection_created.disconnect(counter.attach)
+    for connection in connections.all(initialized_only=True):
+        if counter in connection.execute_wrappers:
+            connection.execute_wrappers.remove(counter)
+
+
+def upstream(fake: FakeOpenAI, **extra: Any) -> dict[str, Any]:
+    connection = {
+        "BACKEND": "chatstream.providers.openai.OpenAIProvider",
+        "OPTIONS": {"api_key": "sk-test", "base_url": fake.base_url, "max_retries": 0},
+        "MODEL": "fake-model",
+    }
+    return {**TEST_CHATSTREAM, "CONNECTIONS": {"default": connection}, **extra}
+
+
+async def run_reply(
+    fake: FakeOpenAI, tokens: int, counter: WriteCounter, **script: Any
+) -> tuple[int, Message]:
+    trigger = fake.script(f"g-{uuid.uuid4().hex}", Script(tokens=["tok "] * tokens, **script))
+    client = AsyncClient()
+    conversation = await new_conversation(client)
+    before = len(counter.writes)
+    started = await send(client, conversation, trigger)
+    await registry.wait(started["assistant_message"]["id"], timeout=30)
+    reply = await Message.objects.aget(pk=started["assistant_message"]["id"])
+    assert reply.status == "complete" and reply.content == "tok " * tokens
+    return len(counter.writes) - before, reply
+
+
+async def test_database_writes_do_not_grow_with_tokens(
+    fake_openai: FakeOpenAI, count_writes: WriteCounter
+) -> None:
+    with override_settings(CHATSTREAM=upstream(fake_openai, CHECKPOINT_INTERVAL=60)):
+        short, _ = await run_reply(fake_openai, 20, count_writes)
+        long, _ = await run_reply(fake_openai, 200, count_writes)
+    # Insert the question, insert the reply, finalise the reply.
+    assert short == long == 3
+
+
+async def test_checkpoints_are_bounded_by_the_interval_not_the_tokens(
+    fake_openai: FakeOpenAI, count_writes: WriteCounter
+) -> None:
+    with override_settings(CHATSTREAM=upstream(fake_openai, CHECKPOINT_INTERVAL=0.2)):
+        writes, reply = await run_reply(fake_openai, 200, count_writes, interval=0.005)
+    # At most one checkpoint per interval of streaming, never one per token.
+    assert 3 <= writes <= 3 + math.ceil(reply.duration_ms / 200) + 1 < 200

@@ -1,0 +1,176 @@
+"""The openai-SDK provider against the fake server: real SDK, real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from chatstream.exceptions import UpstreamError
+from chatstream.providers.base import ChatRequest, Chunk, Usage
+from chatstream.providers.openai import AzureOpenAIProvider, OpenAIProvider
+from tests.fake_openai import FakeOpenAI, Script
+
+
+def trigger(fake: FakeOpenAI, script: Script) -> str:
+    return fake.script(f"p-{uuid.uuid4().hex}", script)
+
+
+def request_for(prompt: str) -> ChatRequest:
+    return ChatRequest(model="fake-model", messages=[{"role": "user", "content": prompt}])
+
+
+async def collect(provider: OpenAIProvider, prompt: str) -> list[Chunk]:
+    try:
+        return [chunk async for chunk in provider.stream(request_for(prompt))]
+    finally:
+        await provider.aclose()
+
+
+@pytest.fixture
+def provider(fake_openai: FakeOpenAI) -> OpenAIProvider:
+    return OpenAIProvider(
+        options={"api_key": "sk-test-secret", "base_url": fake_openai.base_url, "max_retries": 0}
+    )
+
+
+async def test_text_finish_and_usage(fake_openai: FakeOpenAI, provider: OpenAIProvider) -> None:
+    prompt = trigger(fake_openai, Script(tokens=["Hi", " there"]))
+    chunks = await collect(provider, prompt)
+    assert "".join(c.text for c in chunks) == "Hi there"
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    assert [c.usage for c in chunks if c.usage] == [Usage(9, 2)]
+    sent = fake_openai.wait_request(prompt)
+    assert sent.body["stream"] is True
+    assert sent.body["stream_options"] == {"include_usage": True}
+    assert sent.headers["authorization"] == "Bearer sk-test-secret"
+
+
+@pytest.mark.parametrize("split", [False, True])
+async def test_non_ascii_split_across_deltas_and_reads_is_kept_whole(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider, split: bool
+) -> None:
+    tokens = ["世", "界", "👩\u200d", "👩\u200d👧", " é", "🇺", "🇳"]
+    prompt = trigger(fake_openai, Script(tokens=tokens, split_bytes=split))
+    chunks = await collect(provider, prompt)
+    assert "".join(c.text for c in chunks) == "".join(tokens)
+
+
+@pytest.mark.parametrize("reason", ["length", "content_filter"])
+async def test_finish_reasons_pass_through(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider, reason: str
+) -> None:
+    prompt = trigger(fake_openai, Script(tokens=["a"], finish_reason=reason))
+    chunks = await collect(provider, prompt)
+    assert [c.finish_reason for c in chunks if c.finish_reason] == [reason]
+
+
+async def test_in_stream_error_is_an_upstream_error_without_secrets(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    prompt = trigger(fake_openai, Script(tokens=["a", "b"], error_after=1))
+    seen = []
+    with pytest.raises(UpstreamError) as info:
+        async for chunk in provider.stream(request_for(prompt)):
+            seen.append(chunk.text)
+    await provider.aclose()
+    assert seen == ["a"]
+    assert info.value.code == "upstream_error"
+    assert "sk-" not in info.value.message
+
+
+async def test_cut_connection_is_upstream_incomplete(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    prompt = trigger(fake_openai, Script(tokens=["a", "b"], cut=True))
+    with pytest.raises(UpstreamError) as info:
+        await collect(provider, prompt)
+    assert info.value.code == "upstream_incomplete"
+
+
+async def test_clean_end_without_finish_yields_no_finish_reason(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    prompt = trigger(fake_openai, Script(tokens=["a"], finish_reason=None, done=False))
+    chunks = await collect(provider, prompt)
+    assert [c.finish_reason for c in chunks if c.finish_reason] == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (401, "upstream_auth"),
+        (404, "upstream_not_found"),
+        (429, "upstream_rate_limited"),
+        (500, "upstream_unavailable"),
+    ],
+)
+async def test_http_errors_map_to_safe_codes(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider, status: int, code: str
+) -> None:
+    prompt = trigger(fake_openai, Script(status=status))
+    with pytest.raises(UpstreamError) as info:
+        await collect(provider, prompt)
+    assert info.value.code == code
+    assert "sk-" not in info.value.message
+
+
+async def test_unreachable_server(provider: OpenAIProvider) -> None:
+    unreachable = OpenAIProvider(
+        options={"api_key": "k", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
+    )
+    with pytest.raises(UpstreamError) as info:
+        await collect(unreachable, "hi")
+    assert info.value.code == "upstream_unreachable"
+
+
+async def test_server_that_refuses_stream_options_is_asked_again_without(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    prompt = trigger(fake_openai, Script(tokens=["ok"], reject_stream_options=True))
+    chunks = await collect(provider, prompt)
+    assert "".join(c.text for c in chunks) == "ok"
+    assert [r.body.get("stream_options") for r in fake_openai.requests_for(prompt)] == [
+        {"include_usage": True},
+        None,
+    ]
+
+
+async def test_base_url_alone_needs_no_key(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    local = OpenAIProvider(options={"base_url": fake_openai.base_url})
+    prompt = trigger(fake_openai, Script(tokens=["local"]))
+    assert "".join(c.text for c in await collect(local, prompt)) == "local"
+
+
+async def test_closing_the_stream_early_closes_the_upstream_request(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    prompt = trigger(fake_openai, Script(tokens=["x"] * 1000, interval=0.01))
+    stream = provider.stream(request_for(prompt))
+    assert (await anext(stream)).text == "x"
+    await stream.aclose()
+    await provider.aclose()
+    upstream = fake_openai.wait_request(prompt)
+    assert upstream.ended_event.wait(10)
+    assert upstream.closed_early and not upstream.completed
+
+
+async def test_azure_deployment_path_key_header_and_chunk_shapes(fake_openai: FakeOpenAI) -> None:
+    azure = AzureOpenAIProvider(
+        options={
+            "azure_endpoint": fake_openai.azure_endpoint,
+            "api_key": "azure-secret",
+            "api_version": "2024-10-21",
+        }
+    )
+    prompt = trigger(fake_openai, Script(tokens=["Az", "ure"], azure=True))
+    chunks = await collect(azure, prompt)
+    assert "".join(c.text for c in chunks) == "Azure"
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    sent = fake_openai.wait_request(prompt)
+    assert sent.path.startswith("/openai/deployments/fake-model/chat/completions")
+    assert "api-version=2024-10-21" in sent.path
+    assert sent.headers["api-key"] == "azure-secret"

@@ -1,0 +1,336 @@
+"""The JSON API in-process: errors, ownership, limits, regenerate, delete, middleware."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.test import AsyncClient, override_settings
+
+from chatstream.generation import registry
+from chatstream.models import Assistant, Conversation, Message
+from chatstream.signals import reply_finished
+from tests.settings import CHATSTREAM as TEST_CHATSTREAM
+from tests.sse_client import parse_events
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SLOW_DEMO = {
+    **TEST_CHATSTREAM,
+    "CONNECTIONS": {
+        "default": {
+            "BACKEND": "chatstream.providers.demo.DemoProvider",
+            "OPTIONS": {"first_token_delay": 0, "tokens_per_second": 20},
+        }
+    },
+}
+
+
+async def post(client: AsyncClient, path: str, body: Any = None, **extra: Any) -> Any:
+    data = json.dumps(body) if body is not None else ""
+    return await client.post(path, data, content_type="application/json", **extra)
+
+
+async def new_conversation(client: AsyncClient, **body: Any) -> str:
+    response = await post(client, "/api/conversations/", body)
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
+async def send(client: AsyncClient, conversation: str, content: str = "hello") -> dict[str, Any]:
+    response = await post(
+        client, f"/api/conversations/{conversation}/messages/", {"content": content}
+    )
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+async def finish(started: dict[str, Any]) -> None:
+    await registry.wait(started["assistant_message"]["id"], timeout=10)
+
+
+async def stream_text(client: AsyncClient, url: str, **extra: Any) -> tuple[str, list]:
+    response = await client.get(url, **extra)
+    assert response.status_code == 200
+    body = b"".join([part async for part in response.streaming_content]).decode()
+    events = list(parse_events(iter(body.split("\n"))))
+    return "".join(e.data["text"] for e in events if e.event == "delta"), events
+
+
+def error_of(response: Any) -> str:
+    return response.json()["error"]["code"]
+
+
+async def test_full_turn_in_process() -> None:
+    client = AsyncClient()
+    conversation = await new_conversation(client)
+    started = await send(client, conversation, "What is SSE?")
+    assert started["stream_url"] == f"/api/messages/{started['assistant_message']['id']}/stream/"
+    assert started["assistant_message"]["status"] == "streaming"
+    text, events = await stream_text(client, started["stream_url"])
+    assert "offline demo model" in text
+    assert events[-1].data["message"]["content"] == text
+    detail = (await client.get(f"/api/conversations/{conversation}/")).json()
+    assert [m["role"] for m in detail["messages"]] == ["user", "assistant"]
+    assert detail["title"] == "What is SSE?"
+
+
+async def test_wrong_method_is_405_json_with_allow() -> None:
+    response = await AsyncClient().put("/api/conversations/")
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, POST"
+    assert error_of(response) == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/conversations/not-a-uuid/",
+        "/api/messages/123/stream/",
+        "/api/nothing-here/",
+        "/api/conversations/00000000-0000-0000-0000-000000000000/",
+    ],
+)
+async def test_unknown_and_malformed_ids_are_404_json(path: str) -> None:
+    response = await AsyncClient().get(path)
+    assert response.status_code == 404
+    assert error_of(response) == "not_found"
+
+
+async def test_anonymous_visitor_is_403_when_anonymous_chat_is_off() -> None:
+    with override_settings(CHATSTREAM={**TEST_CHATSTREAM, "ALLOW_ANONYMOUS": False}):
+        response = await post(AsyncClient(), "/api/conversations/", {})
+        listing = await AsyncClient().get("/api/conversations/")
+    assert response.status_code == 403 and error_of(response) == "not_authenticated"
+    assert listing.status_code == 403
+
+
+async def test_api_answers_json_under_login_required_middleware() -> None:
+    middleware = [*settings.MIDDLEWARE, "django.contrib.auth.middleware.LoginRequiredMiddleware"]
+    with override_settings(
+        MIDDLEWARE=middleware, CHATSTREAM={**TEST_CHATSTREAM, "ALLOW_ANONYMOUS": False}
+    ):
+        response = await AsyncClient().get("/api/conversations/")
+    assert response.status_code == 403
+    assert error_of(response) == "not_authenticated"
+
+
+async def test_csrf_failure_is_403_json() -> None:
+    client = AsyncClient(enforce_csrf_checks=True)
+    response = await post(client, "/api/conversations/", {})
+    assert response.status_code == 403
+    assert error_of(response) == "csrf_failed"
+
+
+async def test_oversized_body_is_400_json() -> None:
+    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100):
+        client = AsyncClient()
+        conversation = await new_conversation(client)
+        response = await post(
+            client, f"/api/conversations/{conversation}/messages/", {"content": "x" * 500}
+        )
+    assert response.status_code == 400
+    assert error_of(response) == "request_too_large"
+
+
+async def test_second_message_while_streaming_is_409() -> None:
+    with override_settings(CHATSTREAM=SLOW_DEMO):
+        client = AsyncClient()
+        conversation = await new_conversation(client)
+        started = await send(client, conversation)
+        again = await post(
+            client, f"/api/conversations/{conversation}/messages/", {"content": "more"}
+        )
+        regenerate = await post(
+            client, f"/api/messages/{started['assistant_message']['id']}/regenerate/"
+        )
+        stop = await post(client, f"/api/messages/{started['assistant_message']['id']}/stop/")
+        await finish(started)
+    assert again.status_code == 409 and error_of(again) == "reply_in_progress"
+    assert regenerate.status_code == 409
+    assert stop.status_code == 202
+    assert await Message.objects.filter(conversation_id=conversation).acount() == 2
+
+
+async def test_message_rate_limit_is_429_with_retry_after_and_stores_nothing() -> None:
+    with override_settings(CHATSTREAM={**TEST_CHATSTREAM, "MESSAGES_PER_MINUTE": 1}):
+        client = AsyncClient()
+        conversation = await new_conversation(client)
+        await finish(await send(client, conversation))
+        refused = await post(
+            client, f"/api/conversations/{conversation}/messages/", {"content": "again"}
+        )
+    assert refused.status_code == 429
+    assert error_of(refused) == "rate_limited"
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    assert await Message.objects.filter(conversation_id=conversation).acount() == 2
+
+
+async def test_concurrent_reply_limit_is_429() -> None:
+    with override_settings(CHATSTREAM={**SLOW_DEMO, "MAX_CONCURRENT_REPLIES": 1}):
+        client = AsyncClient()
+        first = await send(client, await new_conversation(client))
+        other = await new_conversation(client)
+        refused = await post(client, f"/api/conversations/{other}/messages/", {"content": "x"})
+        await post(client, f"/api/messages/{first['assistant_message']['id']}/stop/")
+        await finish(first)
+    assert refused.status_code == 429
+    assert error_of(refused) == "too_many_replies"
+    assert refused["Retry-After"] == "5"
+
+
+async def test_regenerate_replaces_the_last_reply_only() -> None:
+    client = AsyncClient()
+    conversation = await new_conversation(client)
+    first = await send(client, conversation, "one")
+    await finish(first)
+    second = await send(client, conversation, "two")
+    await finish(second)
+    old_reply = first["assistant_message"]["id"]
+    refused = await post(client, f"/api/messages/{old_reply}/regenerate/")
+    assert refused.status_code == 409 and error_of(refused) == "not_last_reply"
+    again = await post(client, f"/api/messages/{second['assistant_message']['id']}/regenerate/")
+    assert again.status_code == 201
+    body = again.json()
+    await finish(body)
+    assert body["user_message"]["id"] == second["user_message"]["id"]
+    detail = (await client.get(f"/api/conversations/{conversation}/")).json()
+    ids = [m["id"] for m in detail["messages"]]
+    assert ids[-1] == body["assistant_message"]["id"]
+    assert second["assistant_message"]["id"] not in ids
+    assert len(ids) == 4
+    sent = await registry_history(body["assistant_message"]["id"])
+    assert sent == ["user", "assistant", "user"]
+
+
+async def registry_history(reply_id: str) -> list[str]:
+    """The roles the regenerated reply's request carried (the demo echoes the last one)."""
+    reply = await Message.objects.aget(pk=reply_id)
+    messages = Message.objects.filter(
+        conversation_id=reply.conversation_id,
+        superseded=False,
+        created_at__lt=reply.created_at,
+    ).order_by("created_at")
+    return [m.role async for m in messages]
+
+
+async def test_patch_renames_and_changes_assistant() -> None:
+    await Assistant.objects.acreate(name="Poet", slug="poet")
+    client = AsyncClient()
+    conversation = await new_conversation(client)
+    url = f"/api/conversations/{conversation}/"
+    response = await client.patch(
+        url, json.dumps({"title": "Renamed", "assistant": "poet"}), content_type="application/json"
+    )
+    assert response.status_code == 200
+    assert response.json()["title"] == "Renamed" and response.json()["assistant"] == "poet"
+    unknown = await client.patch(
+        url, json.dumps({"assistant": "nope"}), content_type="application/json"
+    )
+    assert unknown.status_code == 400 and error_of(unknown) == "unknown_assistant"
+    empty = await client.patch(url, "{}", content_type="application/json")
+    assert empty.status_code == 400 and error_of(empty) == "nothing_to_change"
+
+
+async def test_delete_stops_a_streaming_reply_first() -> None:
+    with override_settings(CHATSTREAM=SLOW_DEMO):
+        client = AsyncClient()
+        conversation = await new_conversation(client)
+        started = await send(client, conversation)
+        response = await client.delete(f"/api/conversations/{conversation}/")
+        await finish(started)
+    assert response.status_code == 204
+    assert not await Conversation.objects.filter(pk=conversation).aexists()
+
+
+async def test_assistants_list_says_which_is_the_offline_demo() -> None:
+    await Assistant.objects.acreate(name="Helper", slug="helper", is_default=True)
+    await Assistant.objects.acreate(name="Off", slug="off", is_active=False)
+    response = await AsyncClient().get("/api/assistants/")
+    assert response.json() == {
+        "assistants": [
+            {
+                "slug": "helper",
+                "name": "Helper",
+                "model": "chatstream-demo",
+                "is_default": True,
+                "is_demo": True,
+            }
+        ]
+    }
+
+
+async def test_stream_of_a_user_message_is_404() -> None:
+    client = AsyncClient()
+    started = await send(client, await new_conversation(client))
+    await finish(started)
+    response = await client.get(f"/api/messages/{started['user_message']['id']}/stream/")
+    assert response.status_code == 404
+
+
+async def test_finished_reply_is_served_from_the_database_after_the_log_expires() -> None:
+    with override_settings(CHATSTREAM={**TEST_CHATSTREAM, "LOG_TTL": 0}):
+        client = AsyncClient()
+        started = await send(client, await new_conversation(client))
+        await finish(started)
+        reply = await Message.objects.aget(pk=started["assistant_message"]["id"])
+        text, events = await stream_text(
+            client, started["stream_url"], headers={"Last-Event-ID": "10"}
+        )
+    assert text == reply.content[10:]
+    assert events[-1].event == "done" and events[-1].id == len(reply.content)
+
+
+async def test_sse_is_never_compressed_by_gzip_middleware() -> None:
+    with override_settings(
+        MIDDLEWARE=["django.middleware.gzip.GZipMiddleware", *settings.MIDDLEWARE]
+    ):
+        client = AsyncClient()
+        started = await send(client, await new_conversation(client))
+        response = await client.get(started["stream_url"], headers={"Accept-Encoding": "gzip"})
+        body = b"".join([part async for part in response.streaming_content])
+    assert not response.has_header("Content-Encoding")
+    assert body.startswith(b"retry: 3000\n\n")
+    assert b"event: done" in body
+
+
+async def test_anonymous_conversations_survive_login() -> None:
+    client = AsyncClient()
+    conversation = await new_conversation(client)
+    user = await sync_to_async(User.objects.create_user)("ann", password="pw-123456")
+    response = await client.post("/accounts/login/", {"username": "ann", "password": "pw-123456"})
+    assert response.status_code == 302
+    owned = await Conversation.objects.aget(pk=conversation)
+    assert owned.owner_id == user.pk and owned.anonymous_owner == ""
+    listing = (await client.get("/api/conversations/")).json()["conversations"]
+    assert [c["id"] for c in listing] == [conversation]
+
+
+async def test_reply_finished_fires_once_per_reply() -> None:
+    received: list[tuple[str, str]] = []
+
+    def receiver(sender: Any, message: Message, **kwargs: Any) -> None:
+        received.append((str(message.id), message.status))
+
+    reply_finished.connect(receiver)
+    try:
+        with override_settings(CHATSTREAM=SLOW_DEMO):
+            client = AsyncClient()
+            complete = await send(client, await new_conversation(client))
+            stopped = await send(client, await new_conversation(client))
+            await post(client, f"/api/messages/{stopped['assistant_message']['id']}/stop/")
+            await finish(stopped)
+            await post(client, f"/api/messages/{stopped['assistant_message']['id']}/stop/")
+            await finish(complete)
+    finally:
+        reply_finished.disconnect(receiver)
+    assert sorted(received) == sorted(
+        [
+            (complete["assistant_message"]["id"], "complete"),
+            (stopped["assistant_message"]["id"], "stopped"),
+        ]
+    )
