@@ -7,10 +7,12 @@ the key, and a visitor's conversations must survive signing in.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.signals import user_logged_in
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q
 from django.dispatch import receiver
 from django.http import HttpRequest
@@ -43,24 +45,44 @@ class Owner:
         return f"u:{self.user_id}" if self.user_id is not None else f"a:{self.anonymous_id}"
 
 
-async def aget_owner(request: HttpRequest, *, create: bool = False) -> Owner:
-    """The caller as an owner; ``create`` gives a new anonymous visitor an id.
+async def aowner_of(user: Any, session: Any, *, create: bool = False) -> Owner:
+    """The owner for a ``user`` (or ``None``) and a ``session`` (or ``None``).
 
+    One rule for every transport: HTTP requests (``aget_owner``) and WebSocket
+    scopes (``aget_scope_owner``). ``create`` gives a new anonymous visitor an id.
     Raises ``NotAuthenticated`` when nobody is signed in and anonymous chat is off.
     """
-    user = await request.auser()
-    if user.is_authenticated:
+    if user is not None and user.is_authenticated:
         return Owner(user_id=user.pk)
-    if not get_settings().allow_anonymous or not hasattr(request, "session"):
+    if not get_settings().allow_anonymous or session is None:
         raise NotAuthenticated()
-    anonymous_id = await request.session.aget(ANONYMOUS_OWNER_KEY)
+    anonymous_id = await session.aget(ANONYMOUS_OWNER_KEY)
     if not anonymous_id:
         if not create:
             # Nothing can be theirs yet; an id nobody holds matches nothing.
             return Owner(anonymous_id=f"none-{uuid.uuid4().hex}")
         anonymous_id = uuid.uuid4().hex
-        await request.session.aset(ANONYMOUS_OWNER_KEY, anonymous_id)
+        await session.aset(ANONYMOUS_OWNER_KEY, anonymous_id)
     return Owner(anonymous_id=anonymous_id)
+
+
+async def aget_owner(request: HttpRequest, *, create: bool = False) -> Owner:
+    """The caller of an HTTP request as an owner; see ``aowner_of``."""
+    return await aowner_of(await request.auser(), getattr(request, "session", None), create=create)
+
+
+async def aget_scope_owner(scope: Mapping[str, Any]) -> Owner:
+    """The caller of a Channels scope (``AuthMiddlewareStack``) as an owner; never creates one.
+
+    A WebSocket only reaches conversations that exist, so an anonymous visitor
+    without an id yet owns nothing.
+    """
+    if "session" not in scope or "user" not in scope:
+        raise ImproperlyConfigured(
+            "The chatstream WebSocket consumer needs scope['session'] and scope['user']: "
+            "wrap its URLRouter in channels.auth.AuthMiddlewareStack."
+        )
+    return await aowner_of(scope["user"], scope["session"])
 
 
 @receiver(user_logged_in, dispatch_uid="chatstream_adopt_anonymous_conversations")
