@@ -1,4 +1,8 @@
-"""ASGI entry point: HTTP through Django (WebSocket routes join here)."""
+"""ASGI entry point: HTTP through Django, WebSocket through the chatstream consumer.
+
+WebSockets are checked against ``ALLOWED_HOSTS`` by their Origin and signed in by
+the Django session, like the HTTP API. ``runserver`` (Daphne) serves both.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,16 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_application = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402 (after Django is set up)
+# After Django is set up: these import models.
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_application})
+from chatstream.routing import websocket_urls  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_application,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urls()))),
+    }
+)
