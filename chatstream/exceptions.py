@@ -105,6 +105,13 @@ class ServiceUnavailable(ChatstreamError):
     status = 503
 
 
+class ReplyLogUnavailable(ServiceUnavailable):
+    """Raised when the reply log (Redis) cannot be reached; stored data is untouched."""
+
+    code = "log_unavailable"
+    default_message = "Live replies are unavailable right now; try again shortly."
+
+
 class UpstreamError(ChatstreamError):
     """Raised by providers when the model's server fails; the message never holds secrets."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -101,19 +102,21 @@ async def finalise(reply_id: str, fields: Mapping[str, Any], log: ReplyLog) -> M
     if message is not None:
         await log.finish(reply_id, final_record(message))
     if won and message is not None:
-        logger.info(
-            "reply finished",
-            extra={
-                "reply_id": reply_id,
-                "assistant_id": message.assistant_id,
-                "status": message.status,
-                "finish_reason": message.finish_reason,
-                "prompt_tokens": message.prompt_tokens,
-                "completion_tokens": message.completion_tokens,
-                "ttft_ms": message.ttft_ms,
-                "duration_ms": message.duration_ms,
-            },
-        )
+        fields = {
+            "reply": reply_id,
+            "assistant": message.assistant_id,
+            "model": message.model,
+            "status": message.status,
+            "finish_reason": message.finish_reason or None,
+            "prompt_tokens": message.prompt_tokens,
+            "completion_tokens": message.completion_tokens,
+            "estimated": message.usage_estimated,
+            "ttft_ms": message.ttft_ms,
+            "duration_ms": message.duration_ms,
+            "error": message.error_code or None,
+        }
+        # One line per reply, never its text: operators grep and parse these.
+        logger.info("reply finished %s", json.dumps(fields), extra={"chatstream": fields})
         for receiver, result in await reply_finished.asend_robust(sender=Message, message=message):
             if isinstance(result, Exception):
                 logger.error("reply_finished receiver %r failed", receiver, exc_info=result)

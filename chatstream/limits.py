@@ -7,6 +7,7 @@ worker shares anyway.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from django.core.cache import caches
@@ -15,6 +16,8 @@ from chatstream.conf import ChatstreamSettings
 from chatstream.exceptions import RateLimited
 from chatstream.models import Message, Status
 from chatstream.ownership import Owner
+
+logger = logging.getLogger(__name__)
 
 
 async def acheck_message_rate(owner: Owner, settings: ChatstreamSettings) -> None:
@@ -25,8 +28,12 @@ async def acheck_message_rate(owner: Owner, settings: ChatstreamSettings) -> Non
     window = int(now // 60)
     key = f"chatstream:messages:{owner.key}:{window}"
     cache = caches[settings.cache_alias]
-    await cache.aadd(key, 0, timeout=120)
-    count = await cache.aincr(key)
+    try:
+        await cache.aadd(key, 0, timeout=120)
+        count = await cache.aincr(key)
+    except Exception as exc:  # the cache (Redis) is away: fail open, the log will tell
+        logger.warning("Rate limit not checked, the cache failed: %s", exc)
+        return
     if count > limit:
         raise RateLimited(
             f"At most {limit} messages a minute; try again shortly.",

@@ -33,6 +33,7 @@ from chatstream.exceptions import (
     InvalidOffset,
     MethodNotAllowed,
     NotFound,
+    ReplyLogUnavailable,
 )
 from chatstream.generation import final_record, recover
 from chatstream.http import EventStreamResponse, JsonErrorResponse
@@ -159,7 +160,7 @@ def _started(user_message: Message, reply: Message) -> JsonResponse:
 def page(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
     settings = get_settings()
     signed_in = request.user.is_authenticated
-    return render(
+    response = render(
         request,
         "chatstream/chat.html",
         {
@@ -309,7 +310,15 @@ async def _follow(message_id: str, offset: int) -> AsyncGenerator[bytes, None]:
     settings, log = get_settings(), get_reply_log()
     yield sse.retry(settings.retry_ms)
     while True:
-        read = await log.read(message_id, offset, settings.keepalive_interval)
+        try:
+            read = await log.read(message_id, offset, settings.keepalive_interval)
+            silent = read is not None and not read.text and read.final is None
+            if silent and not await log.is_alive(message_id):
+                read = None  # its owner died without writing a final record
+        except ReplyLogUnavailable as error:
+            # No done: the browser's EventSource reconnects and resumes from its offset.
+            yield sse.encode_json(error.as_dict(), event="error")
+            return
         if read is None:  # expired, or its owner died: the database has the word
             message = await _finished(message_id)
             for event in _rest_of(message, offset):
@@ -348,9 +357,13 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
     request.META.pop("HTTP_ACCEPT_ENCODING", None)
     length = None
     if message.status == Status.STREAMING:
-        length = await get_reply_log().length(reply_id)
-        if length is None:
-            message = await _finished(reply_id)
+        try:
+            length = await get_reply_log().length(reply_id)
+            if length is None:
+                message = await _finished(reply_id)
+        except ReplyLogUnavailable as error:
+            # A 200 with an error event and no done: EventSource retries (it gives up on a 5xx).
+            return EventStreamResponse(_replay([sse.encode_json(error.as_dict(), event="error")]))
     if length is None:
         if offset > len(message.content):
             raise InvalidOffset(f"The reply is only {len(message.content)} characters long.")

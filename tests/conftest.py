@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import psycopg
 import pytest
+import redis
 
 from tests.fake_openai import FakeOpenAI
 from tests.sse_client import ApiClient
@@ -121,7 +123,9 @@ class LiveServer:
         return ApiClient(self.url)
 
 
-def make_live_server(kind: str, workdir: Path, fake: FakeOpenAI, **extra_env: str) -> LiveServer:
+def make_live_server(
+    kind: str, workdir: Path, fake: FakeOpenAI, *, migrate: bool = True, **extra_env: str
+) -> LiveServer:
     workdir.mkdir(parents=True, exist_ok=True)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "AZURE", "REDIS"))},
@@ -139,8 +143,9 @@ def make_live_server(kind: str, workdir: Path, fake: FakeOpenAI, **extra_env: st
         **extra_env,
     }
     server = LiveServer(kind=kind, workdir=workdir, env=env)
-    server.manage("migrate", "-v0")
-    server.manage("chatstream_seed")
+    if migrate:
+        server.manage("migrate", "-v0")
+        server.manage("chatstream_seed")
     return server.start()
 
 
@@ -168,3 +173,87 @@ def fresh_server(fake_openai: FakeOpenAI, tmp_path: Path) -> Iterator[Any]:
     yield build
     for server in servers:
         server.stop()
+
+
+# --- Redis and PostgreSQL: the machine's own when they answer, else our own ----------
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process of our own, on a free port, that a test may restart."""
+
+    workdir: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.port = self.port or free_port()
+        self.process = subprocess.Popen(
+            [
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if redis_answers(self.url):
+                return self
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The machine's Redis on 6379 when it answers, else a redis-server of our own."""
+    system = "redis://127.0.0.1:6379/0"
+    if redis_answers(system):
+        yield system
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database for several server processes: PostgreSQL when it answers, else SQLite."""
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    name = f"chatstream_live_{os.getpid()}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=2) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            connection.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError:
+        yield f"sqlite:///{tmp_path_factory.mktemp('shared') / 'db.sqlite3'}"
+        return
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

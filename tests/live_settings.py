@@ -23,3 +23,9 @@ CHATSTREAM = {
     "MESSAGES_PER_MINUTE": 10000,
     "MAX_CONCURRENT_REPLIES": 1000,
 }
+
+if "REPLY_LOG" in CHATSTREAM:
+    CHATSTREAM["REPLY_LOG"] = {
+        **CHATSTREAM["REPLY_LOG"],
+        "OPTIONS": {"lease_ttl": float(os.environ.get("TEST_LEASE_TTL", "10"))},
+    }

@@ -14,6 +14,15 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+async def settled(log: ReplyLog, reply: str, length: int) -> None:
+    """Appends may be batched: wait (boundedly) until ``length`` code points are visible."""
+    for _ in range(500):
+        if await log.length(reply) == length:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"the log never reached length {length}")
+
+
 class ReplyLogContract:
     """Subclasses provide a ``log`` fixture (async) giving a fresh implementation."""
 
@@ -24,6 +33,7 @@ class ReplyLogContract:
         for piece in pieces:
             await log.append(reply, piece)
         full = "".join(pieces)
+        await settled(log, reply, len(full))
         for offset in range(len(full) + 1):
             read = await log.read(reply, offset, timeout=0.01)
             assert read is not None
@@ -36,7 +46,7 @@ class ReplyLogContract:
         for token in tokens:
             await log.append(reply, token)
         full = "".join(tokens)
-        assert await log.length(reply) == len(full)
+        await settled(log, reply, len(full))
         for offset in (0, 1, 137, 1000, len(full) - 1):
             read = await log.read(reply, offset, timeout=0.01)
             assert read is not None and read.text == full[offset:]
@@ -55,6 +65,7 @@ class ReplyLogContract:
         reply = new_id()
         await log.open(reply)
         await log.append(reply, "ab")
+        await settled(log, reply, 2)
         read = await log.read(reply, 2, timeout=0.05)
         assert read is not None and (read.text, read.end, read.final) == ("", 2, None)
 
@@ -64,6 +75,7 @@ class ReplyLogContract:
         reply = new_id()
         await log.open(reply)
         await log.append(reply, "abc")
+        await settled(log, reply, 3)
         waiting = asyncio.ensure_future(log.read(reply, 3, timeout=10))
         await asyncio.sleep(0.02)
         await log.finish(reply, {"status": "complete", "message": {"content": "abc"}})

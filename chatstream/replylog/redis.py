@@ -1,0 +1,351 @@
+"""The Redis reply log: several workers (or machines) share replies, stops and leases.
+
+Layout, per reply (``P`` is the key prefix):
+
+- ``P:reply:<id>`` — a stream. Each entry holds text ``t`` and the reply's length
+  after it ``e`` (code points); the first entry is an empty marker written by
+  ``open()``, the last holds the final record ``f``. It expires ``ttl`` seconds
+  after ``finish()`` (and a day after ``open()``, should its owner vanish).
+- ``P:lease:<id>`` — the owner's lease, refreshed by one heartbeat per process.
+  A reply whose lease is gone has no live generation: anyone may recover it.
+- ``P:stop:<id>`` plus a message on the ``P:stop`` channel — a stop request. Each
+  process holds one subscription and wakes the generations it owns.
+
+Appends are batched: text is buffered and written at most every
+``batch_interval`` seconds per reply, so Redis work does not grow per token.
+Readers resume from an offset; the stream id where a read ended is remembered,
+so a reader's next read is a blocking ``XREAD`` from there, not a rescan.
+
+Deliberately tolerant of Redis going away: a failed flush keeps its text and is
+retried, a log that vanished (a Redis restart) is rewritten whole by its owner,
+and the lease is re-created by the heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
+from chatstream.exceptions import ReplyLogUnavailable
+from chatstream.replylog.base import LogRead, ReplyLog
+
+logger = logging.getLogger(__name__)
+
+_ORPHAN_TTL = 24 * 3600  # a log whose owner vanished before finish() still goes away
+_CURSORS = 20_000  # remembered (reply, offset) -> stream id hints
+_RETRY_DELAY = 0.5  # seconds between flush attempts while Redis is away
+
+
+class _Writer:
+    """The owner's side of one reply: buffered text, flushed in order."""
+
+    def __init__(self, log: RedisReplyLog, state: _LoopState, reply_id: str) -> None:
+        self.log, self.state, self.reply_id = log, state, reply_id
+        self.pending: list[str] = []
+        self.text: list[str] = []  # everything flushed, to rewrite a vanished log
+        self.length = 0  # code points appended so far, flushed or not
+        self.lock = asyncio.Lock()
+        self.timer: asyncio.Task[None] | None = None
+        self.stop = asyncio.Event()
+
+    def add(self, text: str) -> None:
+        self.pending.append(text)
+        self.length += len(text)
+        if self.timer is None:
+            self.timer = asyncio.ensure_future(self._flush_later(self.log.batch_interval))
+
+    async def _flush_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.timer = None
+        try:
+            await self.flush()
+        except RedisError as exc:  # kept pending; retried, more slowly
+            logger.warning("Reply log flush failed for %s: %s", self.reply_id, exc)
+            if self.timer is None:
+                self.timer = asyncio.ensure_future(self._flush_later(_RETRY_DELAY))
+
+    async def flush(self, final: Mapping[str, Any] | None = None) -> None:
+        async with self.lock:
+            if not self.pending and final is None:
+                return
+            # Taken before any await: appends made meanwhile go to the next flush.
+            chunk, end = "".join(self.pending), self.length
+            self.pending.clear()
+            key = self.log.key("reply", self.reply_id)
+            try:
+                async with self.state.client.pipeline(transaction=True) as pipe:
+                    if chunk:
+                        pipe.xadd(key, {"t": chunk, "e": end}, nomkstream=True)
+                    if final is not None:
+                        pipe.xadd(key, {"e": end, "f": json.dumps(final)}, nomkstream=True)
+                    results = await pipe.execute()
+                if None in results:  # the stream vanished (Redis restarted): write it whole
+                    await self._rewrite(chunk, final)
+            except BaseException:
+                self.pending.insert(0, chunk)
+                raise
+            self.text.append(chunk)
+
+    async def _rewrite(self, chunk: str, final: Mapping[str, Any] | None) -> None:
+        key = self.log.key("reply", self.reply_id)
+        whole = "".join(self.text) + chunk
+        async with self.state.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.xadd(key, {"t": whole, "e": len(whole)})
+            if final is not None:
+                pipe.xadd(key, {"e": len(whole), "f": json.dumps(final)})
+            pipe.expire(key, _ORPHAN_TTL)
+            await pipe.execute()
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class _LoopState:
+    """Per event loop: the client, owned replies, the stop subscription, the heartbeat."""
+
+    def __init__(self, log: RedisReplyLog) -> None:
+        self.client = aredis.Redis.from_url(log.location, decode_responses=True)
+        self.writers: dict[str, _Writer] = {}
+        self.listener: asyncio.Task[None] | None = None
+        self.heartbeat: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+
+class RedisReplyLog(ReplyLog):
+    """``OPTIONS``: ``prefix`` ("chatstream"), ``lease_ttl`` (10 s), ``batch_interval`` (0.02 s)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not self.location:
+            raise ValueError("RedisReplyLog needs a LOCATION (a redis:// URL).")
+        self.prefix = str(self.options.get("prefix", "chatstream"))
+        self.lease_ttl = float(self.options.get("lease_ttl", 10))
+        self.batch_interval = float(self.options.get("batch_interval", 0.02))
+        self.worker = f"{os.uname().nodename}:{os.getpid()}"
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._cursors: OrderedDict[tuple[str, int], str] = OrderedDict()
+
+    def key(self, kind: str, reply_id: str) -> str:
+        return f"{self.prefix}:{kind}:{reply_id}"
+
+    @property
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = _LoopState(self)
+        return state
+
+    # --- the owner's side -------------------------------------------------------
+
+    async def open(self, reply_id: str) -> None:
+        state = self._state
+        await self._ensure_background(state)
+        key = self.key("reply", reply_id)
+        try:
+            async with state.client.pipeline(transaction=True) as pipe:
+                pipe.delete(key, self.key("stop", reply_id))
+                pipe.xadd(key, {"t": "", "e": 0})
+                pipe.expire(key, _ORPHAN_TTL)
+                pipe.set(self.key("lease", reply_id), self.worker, px=self._lease_ms)
+                await pipe.execute()
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
+        state.writers[reply_id] = _Writer(self, state, reply_id)
+
+    async def append(self, reply_id: str, text: str) -> None:
+        if text:
+            self._state.writers[reply_id].add(text)
+
+    async def finish(self, reply_id: str, final: Mapping[str, Any]) -> None:
+        state = self._state
+        writer = state.writers.pop(reply_id, None)
+        try:
+            if writer is not None:
+                writer.cancel_timer()
+                await writer.flush(final)
+            else:  # finished by someone else (recovery): only the final record is new
+                end = await self.length(reply_id)
+                if end is None:
+                    return
+                await state.client.xadd(
+                    self.key("reply", reply_id), {"e": end, "f": json.dumps(final)}
+                )
+            async with state.client.pipeline(transaction=True) as pipe:
+                pipe.expire(self.key("reply", reply_id), max(1, int(self.ttl)))
+                pipe.delete(self.key("lease", reply_id), self.key("stop", reply_id))
+                await pipe.execute()
+        except RedisError as exc:
+            # Readers see the lease lapse and read the database, which has the word.
+            logger.warning("Could not finish the reply log of %s: %s", reply_id, exc)
+
+    async def wait_stop(self, reply_id: str) -> None:
+        state = self._state
+        writer = state.writers[reply_id]
+        await state.subscribed.wait()
+        try:
+            if await state.client.exists(self.key("stop", reply_id)):
+                return
+        except RedisError:
+            pass  # the subscription still hears a stop once Redis is back
+        await writer.stop.wait()
+
+    # --- anyone's side ----------------------------------------------------------
+
+    async def request_stop(self, reply_id: str) -> None:
+        client = self._state.client
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.set(self.key("stop", reply_id), "1", ex=max(60, int(self.ttl)))
+                pipe.publish(f"{self.prefix}:stop", reply_id)
+                await pipe.execute()
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
+
+    async def is_alive(self, reply_id: str) -> bool:
+        if reply_id in self._state.writers:
+            return True
+        try:
+            if await self._state.client.exists(self.key("lease", reply_id)):
+                return True
+            # A Redis restart drops leases until the owner's next heartbeat: look again then.
+            await asyncio.sleep(self._heartbeat_interval + 0.5)
+            return bool(await self._state.client.exists(self.key("lease", reply_id)))
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
+
+    async def length(self, reply_id: str) -> int | None:
+        try:
+            last = await self._state.client.xrevrange(self.key("reply", reply_id), count=1)
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
+        return int(last[0][1]["e"]) if last else None
+
+    async def read(self, reply_id: str, offset: int, timeout: float) -> LogRead | None:
+        client, key = self._state.client, self.key("reply", reply_id)
+        try:
+            cursor = self._cursors.pop((reply_id, offset), None)
+            if cursor is None:
+                entries = await client.xrange(key)
+                if not entries:
+                    return None
+                read = self._assemble(reply_id, entries, offset)
+                if read.text or read.final is not None or timeout <= 0:
+                    return read
+                cursor = entries[-1][0]
+            found = await client.xread({key: cursor}, block=max(1, int(timeout * 1000)))
+            if not found:
+                if not await client.exists(key):
+                    return None
+                self._remember(reply_id, offset, cursor)
+                return LogRead("", offset)
+            return self._assemble(reply_id, found[0][1], offset)
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
+
+    def _assemble(self, reply_id: str, entries: list[Any], offset: int) -> LogRead:
+        pieces, end, final = [], offset, None
+        for _, fields in entries:
+            entry_end = int(fields["e"])
+            if "f" in fields:
+                final = json.loads(fields["f"])
+            text = fields.get("t", "")
+            if text and entry_end > offset:
+                start = entry_end - len(text)
+                pieces.append(text[max(0, offset - start) :])
+                end = entry_end
+        self._remember(reply_id, end, entries[-1][0])
+        return LogRead("".join(pieces), end, final)
+
+    def _remember(self, reply_id: str, offset: int, stream_id: str) -> None:
+        self._cursors[(reply_id, offset)] = stream_id
+        self._cursors.move_to_end((reply_id, offset))
+        while len(self._cursors) > _CURSORS:
+            self._cursors.popitem(last=False)
+
+    async def aclose(self) -> None:
+        state = self._states.pop(asyncio.get_running_loop(), None)
+        if state is None:
+            return
+        tasks = [state.listener, state.heartbeat, *(w.timer for w in state.writers.values())]
+        for task in filter(None, tasks):
+            task.cancel()
+        await asyncio.gather(*filter(None, tasks), return_exceptions=True)
+        await state.client.aclose()
+
+    # --- the process's background work ------------------------------------------
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.lease_ttl * 1000)
+
+    @property
+    def _heartbeat_interval(self) -> float:
+        return self.lease_ttl / 3
+
+    async def _ensure_background(self, state: _LoopState) -> None:
+        if state.listener is None:
+            state.listener = asyncio.ensure_future(self._listen(state))
+            state.heartbeat = asyncio.ensure_future(self._beat(state))
+        await asyncio.wait_for(state.subscribed.wait(), timeout=10)
+
+    async def _listen(self, state: _LoopState) -> None:
+        """Hear stop requests for every reply this process owns, reconnecting as needed."""
+        channel = f"{self.prefix}:stop"
+        while True:
+            pubsub = state.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                state.subscribed.set()
+                await self._check_missed_stops(state)
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None and message["type"] == "message":
+                        writer = state.writers.get(message["data"])
+                        if writer is not None:
+                            writer.stop.set()
+            except (RedisError, OSError) as exc:
+                logger.warning("Stop subscription lost (%s); reconnecting.", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                await pubsub.aclose()
+
+    async def _check_missed_stops(self, state: _LoopState) -> None:
+        """Stops published while the subscription was down are still in their keys."""
+        writers = list(state.writers.values())
+        if writers:
+            stops = await state.client.mget([self.key("stop", w.reply_id) for w in writers])
+            for writer, stop in zip(writers, stops, strict=True):
+                if stop:
+                    writer.stop.set()
+
+    async def _beat(self, state: _LoopState) -> None:
+        """Keep this process's leases alive; SET (not PEXPIRE) survives a Redis restart."""
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            if not state.writers:
+                continue
+            try:
+                async with state.client.pipeline(transaction=False) as pipe:
+                    for reply_id in state.writers:
+                        pipe.set(self.key("lease", reply_id), self.worker, px=self._lease_ms)
+                    await pipe.execute()
+                for writer in list(state.writers.values()):
+                    if writer.pending and writer.timer is None:
+                        await writer.flush()
+            except RedisError as exc:
+                logger.warning("Lease heartbeat failed: %s", exc)
