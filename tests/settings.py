@@ -34,3 +34,12 @@ CHATSTREAM = {
     "MAX_CONCURRENT_REPLIES": 100,
 }
 MIDDLEWARE = [m for m in MIDDLEWARE if "whitenoise" not in m]  # noqa: F405 (no static here)
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not shared-cache memory: its table locks fail at once instead of waiting,
+    # and generations write from their own threads.
+    import tempfile  # noqa: E402
+
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": os.path.join(tempfile.gettempdir(), f"chatstream-tests-{os.getpid()}.sqlite3")
+    }
