@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from chatstream.replylog.base import ReplyLog
+from chatstream.replylog.base import WORKER, ReplyLog
 
 
 def new_id() -> str:
@@ -123,3 +123,10 @@ class ReplyLogContract:
                 return
             await asyncio.sleep(0.02)
         pytest.fail("the finished log never expired")
+
+    async def test_worker_names_the_owner_while_alive(self, log: ReplyLog) -> None:
+        reply = new_id()
+        await log.open(reply)
+        assert await log.worker(reply) == WORKER
+        await log.finish(reply, {"status": "complete"})
+        assert await log.worker(reply) is None

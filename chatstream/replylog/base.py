@@ -11,9 +11,14 @@ so they reach the generation's process wherever it runs.
 from __future__ import annotations
 
 import abc
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+#: This process, as operators see it.
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,10 @@ class ReplyLog(abc.ABC):
     @abc.abstractmethod
     async def is_alive(self, reply_id: str) -> bool:
         """Whether a live generation still owns this reply (false once its owner died)."""
+
+    async def worker(self, reply_id: str) -> str | None:
+        """Which worker ("host:pid") owns a live reply, for operators; ``None`` if none."""
+        return WORKER if await self.is_alive(reply_id) else None
 
     async def aclose(self) -> None:  # noqa: B027 (optional hook)
         """Release connections."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -36,7 +35,7 @@ import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from chatstream.exceptions import ReplyLogUnavailable
-from chatstream.replylog.base import LogRead, ReplyLog
+from chatstream.replylog.base import WORKER, LogRead, ReplyLog
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +132,6 @@ class RedisReplyLog(ReplyLog):
         self.prefix = str(self.options.get("prefix", "chatstream"))
         self.lease_ttl = float(self.options.get("lease_ttl", 10))
         self.batch_interval = float(self.options.get("batch_interval", 0.02))
-        self.worker = f"{os.uname().nodename}:{os.getpid()}"
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -161,11 +159,17 @@ class RedisReplyLog(ReplyLog):
                 pipe.delete(key, self.key("stop", reply_id))
                 pipe.xadd(key, {"t": "", "e": 0})
                 pipe.expire(key, _ORPHAN_TTL)
-                pipe.set(self.key("lease", reply_id), self.worker, px=self._lease_ms)
+                pipe.set(self.key("lease", reply_id), WORKER, px=self._lease_ms)
                 await pipe.execute()
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
         state.writers[reply_id] = _Writer(self, state, reply_id)
+
+    async def worker(self, reply_id: str) -> str | None:
+        try:
+            return await self._state.client.get(self.key("lease", reply_id))
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
 
     async def append(self, reply_id: str, text: str) -> None:
         if text:
@@ -342,7 +346,7 @@ class RedisReplyLog(ReplyLog):
             try:
                 async with state.client.pipeline(transaction=False) as pipe:
                     for reply_id in state.writers:
-                        pipe.set(self.key("lease", reply_id), self.worker, px=self._lease_ms)
+                        pipe.set(self.key("lease", reply_id), WORKER, px=self._lease_ms)
                     await pipe.execute()
                 for writer in list(state.writers.values()):
                     if writer.pending and writer.timer is None:
