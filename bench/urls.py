@@ -1,0 +1,13 @@
+"""The demo project's URLs, plus the baseline relay and the benchmark's counters."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+
+from bench import baseline
+
+urlpatterns = [
+    path("bench/baseline/", baseline.stream),
+    path("bench/stats/", baseline.stats),
+    path("", include("chatstream.urls")),
+]
