@@ -169,6 +169,19 @@ def page(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> Http
             "api_root": reverse("chatstream:conversations"),
         },
     )
+    # Model output is untrusted: no inline script or style may run, nothing loads from
+    # elsewhere, and the page cannot be framed. Data reaches the script by data- attributes.
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    return response
 
 
 # --- conversations ------------------------------------------------------------------
