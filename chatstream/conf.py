@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "ALLOW_ANONYMOUS": False,
     "MESSAGES_PER_MINUTE": 20,
     "MAX_CONCURRENT_REPLIES": 3,
+    "DAILY_TOKEN_QUOTA": 0,
     "SHUTDOWN_GRACE": 5.0,
     "CACHE_ALIAS": "default",
 }
@@ -53,6 +54,7 @@ _NUMBERS = (
     "MAX_CONTENT_LENGTH",
     "MESSAGES_PER_MINUTE",
     "MAX_CONCURRENT_REPLIES",
+    "DAILY_TOKEN_QUOTA",
     "SHUTDOWN_GRACE",
 )
 
@@ -93,6 +95,7 @@ class ChatstreamSettings:
     allow_anonymous: bool
     messages_per_minute: int
     max_concurrent_replies: int
+    daily_token_quota: int
     shutdown_grace: float
     cache_alias: str
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
@@ -193,6 +196,7 @@ def build(user: Mapping[str, Any] | None) -> ChatstreamSettings:
         allow_anonymous=bool(merged["ALLOW_ANONYMOUS"]),
         messages_per_minute=int(merged["MESSAGES_PER_MINUTE"]),
         max_concurrent_replies=int(merged["MAX_CONCURRENT_REPLIES"]),
+        daily_token_quota=int(merged["DAILY_TOKEN_QUOTA"]),
         shutdown_grace=float(merged["SHUTDOWN_GRACE"]),
         cache_alias=str(merged["CACHE_ALIAS"]),
         raw=merged,

@@ -98,6 +98,18 @@ class RateLimited(ChatstreamError):
         super().__init__(message, code=code)
 
 
+class TokenQuotaExceeded(RateLimited):
+    """Raised when an owner's daily token quota is used up (before or during a reply)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 3600) -> None:
+        super().__init__(
+            message or "The daily token quota is used up; it resets at midnight UTC.",
+            retry_after=retry_after,
+        )
+
+
 class ServiceUnavailable(ChatstreamError):
     """Raised when a backing service (the reply log) cannot be reached."""
 

@@ -15,7 +15,6 @@ import contextlib
 import contextvars
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,15 +23,16 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import connections, transaction
 from django.utils import timezone
 
-from chatstream import shutdown
+from chatstream import limits, shutdown
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.connections import get_provider
-from chatstream.exceptions import UpstreamError
+from chatstream.exceptions import TokenQuotaExceeded, UpstreamError
 from chatstream.models import Conversation, Message, Status
 from chatstream.providers.base import ChatRequest, Usage
 from chatstream.replylog import ReplyLog, get_reply_log
 from chatstream.serializers import message_payload
 from chatstream.signals import reply_finished
+from chatstream.tokens import estimate_messages, estimate_tokens, tokens_for_length
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class ReplySpec:
     conversation_id: str
     connection: str
     request: ChatRequest
+    owner_key: str = ""
+    #: Tokens this reply may use before it is stopped (the owner's daily quota left).
+    token_budget: int | None = None
 
 
 @dataclass
@@ -65,11 +68,6 @@ class _Progress:
     @property
     def text(self) -> str:
         return "".join(self.parts)
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters a token: good enough to account for a reply cut short."""
-    return math.ceil(len(text) / 4)
 
 
 def final_record(message: Message) -> dict[str, Any]:
@@ -182,6 +180,8 @@ class Generation:
         exc = consume.exception()
         if isinstance(exc, UpstreamError):
             return _Outcome(Status.ERROR, exc.code, exc.message)
+        if isinstance(exc, TokenQuotaExceeded):
+            return _Outcome(Status.STOPPED, exc.code, exc.message)
         if exc is not None:
             logger.error("Reply %s failed", self.spec.reply_id, exc_info=exc)
             return _Outcome(Status.ERROR, "internal_error", "The reply failed on the server.")
@@ -197,6 +197,9 @@ class Generation:
         loop = asyncio.get_running_loop()
         provider = get_provider(self.spec.connection, self.settings)
         progress, interval = self.progress, self.settings.checkpoint_interval
+        budget = self.spec.token_budget
+        if budget is not None:
+            budget -= estimate_messages(self.spec.request.messages)
         last_checkpoint = started
         async with contextlib.aclosing(provider.stream(self.spec.request)) as chunks:
             async for chunk in chunks:
@@ -206,6 +209,8 @@ class Generation:
                     progress.parts.append(chunk.text)
                     progress.length += len(chunk.text)
                     await self.log.append(self.spec.reply_id, chunk.text)
+                    if budget is not None and tokens_for_length(progress.length) > budget:
+                        raise TokenQuotaExceeded()
                 if chunk.finish_reason is not None:
                     progress.finish_reason = chunk.finish_reason
                 if chunk.usage is not None:
@@ -223,7 +228,7 @@ class Generation:
         progress, text = self.progress, self.progress.text
         usage, estimated = progress.usage, False
         if usage is None:
-            prompt = sum(estimate_tokens(m["content"]) for m in self.spec.request.messages)
+            prompt = estimate_messages(self.spec.request.messages)
             usage, estimated = Usage(prompt, estimate_tokens(text)), True
         fields = {
             "content": text,
@@ -242,6 +247,9 @@ class Generation:
             await finalise(self.spec.reply_id, fields, self.log)
         except Exception:
             logger.exception("Could not finalise reply %s", self.spec.reply_id)
+        # Whoever finalised the row, these tokens were spent by this generation.
+        total = usage.prompt_tokens + usage.completion_tokens
+        await limits.arecord_tokens(self.spec.owner_key, total, self.settings)
 
 
 class GenerationRegistry:

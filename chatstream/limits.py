@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 from django.core.cache import caches
 
 from chatstream.conf import ChatstreamSettings
-from chatstream.exceptions import RateLimited
+from chatstream.exceptions import RateLimited, TokenQuotaExceeded
 from chatstream.models import Message, Status
 from chatstream.ownership import Owner
 
@@ -55,3 +56,42 @@ async def acheck_concurrent_replies(owner: Owner, settings: ChatstreamSettings) 
             retry_after=5,
             code="too_many_replies",
         )
+
+
+def _today_key(owner_key: str) -> str:
+    return f"chatstream:tokens:{owner_key}:{datetime.now(UTC).date().isoformat()}"
+
+
+def _until_midnight() -> int:
+    now = datetime.now(UTC)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return int((midnight - now).total_seconds()) + 1
+
+
+async def atoken_budget(owner: Owner, settings: ChatstreamSettings) -> int | None:
+    """Tokens the owner may still use today, or ``None`` without a quota."""
+    quota = settings.daily_token_quota
+    if not quota:
+        return None
+    try:
+        used = await caches[settings.cache_alias].aget(_today_key(owner.key), 0)
+    except Exception as exc:  # the cache is away: fail open
+        logger.warning("Token quota not checked, the cache failed: %s", exc)
+        return None
+    if used >= quota:
+        raise TokenQuotaExceeded(
+            f"The daily quota of {quota} tokens is used up; it resets at midnight UTC.",
+            retry_after=_until_midnight(),
+        )
+    return quota - used
+
+
+async def arecord_tokens(owner_key: str, tokens: int, settings: ChatstreamSettings) -> None:
+    if not settings.daily_token_quota or not owner_key or tokens <= 0:
+        return
+    cache, key = caches[settings.cache_alias], _today_key(owner_key)
+    try:
+        await cache.aadd(key, 0, timeout=2 * 24 * 3600)
+        await cache.aincr(key, tokens)
+    except Exception as exc:
+        logger.warning("Token usage not counted, the cache failed: %s", exc)

@@ -20,6 +20,12 @@ class Assistant(models.Model):
     system_prompt = models.TextField(blank=True)
     temperature = models.FloatField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    context_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The most tokens of history to send (oldest turns are left out first; "
+        "the system prompt always goes). Empty: all of it.",
+    )
     is_default = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -35,6 +35,7 @@ from chatstream.providers.base import ChatRequest
 from chatstream.providers.demo import DEMO_MODEL
 from chatstream.replylog import get_reply_log
 from chatstream.serializers import assistant_payload
+from chatstream.tokens import estimate_messages
 
 _DELETE_WAIT = 3.0  # seconds a delete waits for a stopped reply to finalise
 _TITLE_LENGTH = 60
@@ -94,18 +95,30 @@ def _validate(content: str, settings: ChatstreamSettings) -> str:
 
 
 def _history(reply: Message, assistant: Assistant | None) -> list[dict[str, str]]:
-    """The request's messages: the system prompt, then every turn up to the reply's question."""
-    messages = []
+    """The request's messages: the system prompt, then the turns up to the reply's question.
+
+    With a context budget the oldest turns are left out first; the system prompt and
+    the question itself always go.
+    """
+    system = []
     if assistant and assistant.system_prompt:
-        messages.append({"role": "system", "content": assistant.system_prompt})
-    turns = (
+        system.append({"role": "system", "content": assistant.system_prompt})
+    rows = (
         current_messages(reply.conversation_id)
         .filter(role__in=[Role.USER, Role.ASSISTANT], created_at__lt=reply.created_at)
         .exclude(role=Role.ASSISTANT, content="")
         .values_list("role", "content")
     )
-    messages += [{"role": role, "content": content} for role, content in turns]
-    return messages
+    turns = [{"role": role, "content": content} for role, content in rows]
+    budget = assistant.context_tokens if assistant else None
+    if budget:
+        spent = estimate_messages(system) + estimate_messages(turns[-1:])
+        kept = len(turns) - 1
+        while kept > 0 and spent + estimate_messages(turns[kept - 1 : kept]) <= budget:
+            spent += estimate_messages(turns[kept - 1 : kept])
+            kept -= 1
+        turns = turns[kept:]
+    return system + turns
 
 
 def _new_reply(
@@ -167,15 +180,23 @@ async def _recover_streaming(conversation_id: Any) -> bool:
 
 
 async def _begin(
+    owner: Owner,
     conversation: Conversation,
     create: Callable[[Assistant | None, str], Turn],
     undo: Callable[[Message, Message], None],
 ) -> tuple[Message, Message]:
-    """Create the rows (retrying once past a dead reply), then start the generation."""
+    """Check the owner's limits, create the rows (retrying once past a dead reply), start.
+
+    Limits come first: a refused message stores nothing.
+    """
+    settings = get_settings()
+    await limits.acheck_concurrent_replies(owner, settings)
+    await limits.acheck_message_rate(owner, settings)
+    budget = await limits.atoken_budget(owner, settings)
     assistant = conversation.assistant
     if assistant is None or not assistant.is_active:
         assistant = await adefault_assistant()
-    connection, model, _ = _target(assistant, get_settings())
+    connection, model, _ = _target(assistant, settings)
     try:
         question, reply, history = await sync_to_async(create)(assistant, model)
     except ReplyInProgress:
@@ -189,7 +210,9 @@ async def _begin(
         max_tokens=assistant.max_output_tokens if assistant else None,
     )
     try:
-        await registry.start(ReplySpec(str(reply.pk), str(conversation.pk), connection, request))
+        await registry.start(
+            ReplySpec(str(reply.pk), str(conversation.pk), connection, request, owner.key, budget)
+        )
     except Exception as exc:
         # Nothing half-started may stay behind: the reply would block the conversation.
         await sync_to_async(undo)(question, reply)
@@ -215,12 +238,9 @@ def _undo_replace(old: Message) -> Callable[[Message, Message], None]:
 async def astart_reply(
     owner: Owner, conversation: Conversation, content: str
 ) -> tuple[Message, Message]:
-    settings = get_settings()
-    _validate(content, settings)
-    await limits.acheck_concurrent_replies(owner, settings)
-    await limits.acheck_message_rate(owner, settings)
+    _validate(content, get_settings())
     create = functools.partial(_create_turn, conversation, content)
-    return await _begin(conversation, create, _undo_turn)
+    return await _begin(owner, conversation, create, _undo_turn)
 
 
 async def aregenerate(owner: Owner, old: Message) -> tuple[Message, Message]:
@@ -231,11 +251,8 @@ async def aregenerate(owner: Owner, old: Message) -> tuple[Message, Message]:
         raise Conflict(
             "Only the conversation's last reply can be regenerated.", code="not_last_reply"
         )
-    settings = get_settings()
-    await limits.acheck_concurrent_replies(owner, settings)
-    await limits.acheck_message_rate(owner, settings)
     create = functools.partial(_replace_reply, old)
-    return await _begin(old.conversation, create, _undo_replace(old))
+    return await _begin(owner, old.conversation, create, _undo_replace(old))
 
 
 async def adelete_conversation(conversation: Conversation) -> None:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/conversations/<str:conversation_id>/", views.conversation, name="conversation"),
     path("api/conversations/<str:conversation_id>/messages/", views.messages, name="messages"),
     path("api/assistants/", views.assistants, name="assistants"),
+    path("api/health/", views.health, name="health"),
     path("api/messages/<str:message_id>/", views.message, name="message"),
     path("api/messages/<str:message_id>/stream/", views.stream, name="stream"),
     path("api/messages/<str:message_id>/regenerate/", views.regenerate, name="regenerate"),

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from functools import wraps
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
@@ -41,6 +44,8 @@ from chatstream.models import Assistant, Conversation, Message, Role, Status
 from chatstream.ownership import Owner, aget_owner
 from chatstream.replylog import get_reply_log
 from chatstream.serializers import conversation_payload, message_payload
+
+logger = logging.getLogger(__name__)
 
 View = Callable[..., Awaitable[HttpResponse]]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -384,6 +389,31 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
     if offset > length:
         raise InvalidOffset(f"The reply is only {length} characters long so far.")
     return EventStreamResponse(_follow(reply_id, offset))
+
+
+def _database_answers() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+@api_view("GET")
+async def health(request: HttpRequest) -> HttpResponse:
+    """For load balancers: 200 when the database and the reply log answer, else 503."""
+    checks = {}
+    for name, check in (
+        ("database", sync_to_async(_database_answers)),
+        ("reply_log", get_reply_log().ping),
+    ):
+        try:
+            await check()
+            checks[name] = "ok"
+        except Exception as exc:
+            logger.warning("Health check %s failed: %s", name, exc)
+            checks[name] = "error"
+    healthy = all(value == "ok" for value in checks.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503
+    )
 
 
 @csrf_exempt

@@ -133,6 +133,7 @@ def make_live_server(
         "DJANGO_SECRET_KEY": "live-tests-secret-key",
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DJANGO_SECURE_COOKIES": "0",
+        "DJANGO_SECURE_SSL_REDIRECT": "0",
         "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
         "OPENAI_API_KEY": "sk-test-secret-0123456789",
         "OPENAI_BASE_URL": fake.base_url,

@@ -43,3 +43,4 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     DATABASES["default"]["TEST"] = {  # noqa: F405
         "NAME": os.path.join(tempfile.gettempdir(), f"chatstream-tests-{os.getpid()}.sqlite3")
     }
+SECURE_SSL_REDIRECT = False  # the test client speaks plain HTTP

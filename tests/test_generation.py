@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connections
-from django.db.backends.signals import connection_created
+from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 
 from chatstream.generation import registry
@@ -25,32 +23,25 @@ _WRITE = re.compile(r'^\s*(INSERT INTO|UPDATE|DELETE FROM)\s+"?chatstream_messag
 
 
 class WriteCounter:
-    """Counts writes to the message table on every database connection opened meanwhile."""
+    """Counts writes to the message table from every thread's connection."""
 
     def __init__(self) -> None:
         self.writes: list[str] = []
 
-    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if _WRITE.match(sql):
-            self.writes.append(sql.split()[0].upper())
-        return execute(sql, params, many, context)
-
-    def attach(self, sender: Any, connection: Any, **kwargs: Any) -> None:
-        if self not in connection.execute_wrappers:
-            connection.execute_wrappers.append(self)
-
 
 @pytest.fixture
-def count_writes() -> Iterator[WriteCounter]:
+def count_writes(monkeypatch: pytest.MonkeyPatch) -> WriteCounter:
+    # Every statement of every connection passes here, whichever thread opened it.
     counter = WriteCounter()
-    connection_created.connect(counter.attach)
-    for connection in connections.all(initialized_only=True):
-        counter.attach(None, connection)
-    yield counter
-    connection_created.disconnect(counter.attach)
-    for connection in connections.all(initialized_only=True):
-        if counter in connection.execute_wrappers:
-            connection.execute_wrappers.remove(counter)
+    original = CursorWrapper._execute_with_wrappers
+
+    def counting(self: CursorWrapper, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if _WRITE.match(sql):
+            counter.writes.append(sql.split()[0].upper())
+        return original(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", counting)
+    return counter
 
 
 def upstream(fake: FakeOpenAI, **extra: Any) -> dict[str, Any]:

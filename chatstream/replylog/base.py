@@ -77,6 +77,9 @@ class ReplyLog(abc.ABC):
     async def is_alive(self, reply_id: str) -> bool:
         """Whether a live generation still owns this reply (false once its owner died)."""
 
+    async def ping(self) -> None:  # noqa: B027 (optional hook)
+        """Raise ``ReplyLogUnavailable`` when the log cannot be reached (health checks)."""
+
     async def worker(self, reply_id: str) -> str | None:
         """Which worker ("host:pid") owns a live reply, for operators; ``None`` if none."""
         return WORKER if await self.is_alive(reply_id) else None

@@ -165,6 +165,12 @@ class RedisReplyLog(ReplyLog):
             raise ReplyLogUnavailable() from exc
         state.writers[reply_id] = _Writer(self, state, reply_id)
 
+    async def ping(self) -> None:
+        try:
+            await self._state.client.ping()
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
+
     async def worker(self, reply_id: str) -> str | None:
         try:
             return await self._state.client.get(self.key("lease", reply_id))
