@@ -155,7 +155,7 @@ class Generation:
         loop = asyncio.get_running_loop()
         started = loop.time()
         consume = asyncio.ensure_future(self._consume(started))
-        watch = asyncio.ensure_future(self.log.wait_stop(self.spec.reply_id))
+        watch = asyncio.ensure_future(self._watch())
         shutting_down = False
         try:
             await asyncio.wait({consume, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -175,6 +175,26 @@ class Generation:
             else:
                 outcome = _Outcome(Status.STOPPED)
             await self._finalise(outcome, duration=loop.time() - started)
+
+    async def _watch(self) -> None:
+        """Return when the reply must stop: asked to, or abandoned under the cancel policy."""
+        stop = asyncio.ensure_future(self.log.wait_stop(self.spec.reply_id))
+        if self.settings.disconnect_policy != "cancel":
+            return await stop
+        loop, grace = asyncio.get_running_loop(), self.settings.disconnect_grace
+        alone_since: float | None = None
+        try:
+            while not stop.done():
+                await asyncio.wait({stop}, timeout=min(1.0, max(grace / 4, 0.05)))
+                if await self.log.readers(self.spec.reply_id) > 0:
+                    alone_since = None
+                elif alone_since is None:
+                    alone_since = loop.time()
+                elif loop.time() - alone_since >= grace:
+                    return
+        finally:
+            stop.cancel()
+            await asyncio.gather(stop, return_exceptions=True)
 
     def _outcome(self, consume: asyncio.Future[None]) -> _Outcome:
         exc = consume.exception()

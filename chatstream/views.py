@@ -9,6 +9,7 @@ log; the generation is never tied to the response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -27,7 +28,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 
 from chatstream import sse, turns
-from chatstream.conf import get_settings
+from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.exceptions import (
     BadRequest,
     ChatstreamError,
@@ -42,7 +43,7 @@ from chatstream.generation import final_record, recover
 from chatstream.http import EventStreamResponse, JsonErrorResponse
 from chatstream.models import Assistant, Conversation, Message, Role, Status
 from chatstream.ownership import Owner, aget_owner
-from chatstream.replylog import get_reply_log
+from chatstream.replylog import ReplyLog, get_reply_log
 from chatstream.serializers import conversation_payload, message_payload
 
 logger = logging.getLogger(__name__)
@@ -327,6 +328,24 @@ async def _finished(message_id: str) -> Message:
 async def _follow(message_id: str, offset: int) -> AsyncGenerator[bytes, None]:
     settings, log = get_settings(), get_reply_log()
     yield sse.retry(settings.retry_ms)
+    joined = False
+    try:
+        with contextlib.suppress(ReplyLogUnavailable):  # _pull reports it to the client
+            await log.reader_joined(message_id)
+            joined = True
+        async with contextlib.aclosing(_pull(log, settings, message_id, offset)) as events:
+            async for event in events:
+                yield event
+    finally:
+        if joined:
+            with contextlib.suppress(ReplyLogUnavailable):
+                await log.reader_left(message_id)
+
+
+async def _pull(
+    log: ReplyLog, settings: ChatstreamSettings, message_id: str, offset: int
+) -> AsyncGenerator[bytes, None]:
+    """The reader's loop: everything after ``offset`` as one frame, then ask again."""
     while True:
         try:
             read = await log.read(message_id, offset, settings.keepalive_interval)

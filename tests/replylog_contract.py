@@ -130,3 +130,12 @@ class ReplyLogContract:
         assert await log.worker(reply) == WORKER
         await log.finish(reply, {"status": "complete"})
         assert await log.worker(reply) is None
+
+    async def test_readers_are_counted_in_and_out(self, log: ReplyLog) -> None:
+        reply = new_id()
+        await log.open(reply)
+        assert await log.readers(reply) == 0
+        await log.reader_joined(reply)
+        await log.reader_joined(reply)
+        await log.reader_left(reply)
+        assert await log.readers(reply) == 1

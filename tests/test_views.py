@@ -13,6 +13,7 @@ from django.test import AsyncClient, override_settings
 
 from chatstream.generation import registry
 from chatstream.models import Assistant, Conversation, Message
+from chatstream.providers.demo import demo_reply
 from chatstream.signals import reply_finished
 from tests.settings import CHATSTREAM as TEST_CHATSTREAM
 from tests.sse_client import parse_events
@@ -334,3 +335,28 @@ async def test_reply_finished_fires_once_per_reply() -> None:
             (stopped["assistant_message"]["id"], "stopped"),
         ]
     )
+
+
+async def test_cancel_policy_stops_a_reply_its_readers_left() -> None:
+    policy = {**SLOW_DEMO, "DISCONNECT_POLICY": "cancel", "DISCONNECT_GRACE": 0.3}
+    with override_settings(CHATSTREAM=policy):
+        client = AsyncClient()
+        started = await send(client, await new_conversation(client))
+        response = await client.get(started["stream_url"])
+        stream = aiter(response)  # as the ASGI handler iterates it
+        await anext(stream)  # the retry line
+        await anext(stream)  # a first delta: the reader is counted in
+        await stream.aclose()  # the client went away: counted out
+        await finish(started)
+    reply = await Message.objects.aget(pk=started["assistant_message"]["id"])
+    assert reply.status == "stopped"
+    assert 0 < len(reply.content) < len(demo_reply("hello"))
+
+
+async def test_continue_policy_finishes_a_reply_nobody_reads() -> None:
+    with override_settings(CHATSTREAM={**TEST_CHATSTREAM, "DISCONNECT_GRACE": 0}):
+        client = AsyncClient()
+        started = await send(client, await new_conversation(client))
+        await finish(started)
+    reply = await Message.objects.aget(pk=started["assistant_message"]["id"])
+    assert reply.status == "complete"

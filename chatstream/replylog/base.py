@@ -77,6 +77,18 @@ class ReplyLog(abc.ABC):
     async def is_alive(self, reply_id: str) -> bool:
         """Whether a live generation still owns this reply (false once its owner died)."""
 
+    @abc.abstractmethod
+    async def reader_joined(self, reply_id: str) -> None:
+        """Count a reader in (any worker); the ``cancel`` disconnect policy watches the count."""
+
+    @abc.abstractmethod
+    async def reader_left(self, reply_id: str) -> None:
+        """Count a reader out; called in the reader's ``finally``."""
+
+    @abc.abstractmethod
+    async def readers(self, reply_id: str) -> int:
+        """How many readers follow the reply now, on every worker."""
+
     async def ping(self) -> None:  # noqa: B027 (optional hook)
         """Raise ``ReplyLogUnavailable`` when the log cannot be reached (health checks)."""
 

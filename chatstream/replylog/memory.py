@@ -19,7 +19,7 @@ _MERGE_EVERY = 64
 
 
 class _Entry:
-    __slots__ = ("blocks", "ends", "sealed", "final", "changed", "stop")
+    __slots__ = ("blocks", "ends", "sealed", "final", "changed", "stop", "readers")
 
     def __init__(self) -> None:
         self.blocks: list[str] = []
@@ -28,6 +28,7 @@ class _Entry:
         self.final: Mapping[str, Any] | None = None
         self.changed = asyncio.Event()
         self.stop = asyncio.Event()
+        self.readers = 0
 
     @property
     def length(self) -> int:
@@ -102,6 +103,18 @@ class MemoryReplyLog(ReplyLog):
 
     async def wait_stop(self, reply_id: str) -> None:
         await self._entries[reply_id].stop.wait()
+
+    async def reader_joined(self, reply_id: str) -> None:
+        if (entry := self._entries.get(reply_id)) is not None:
+            entry.readers += 1
+
+    async def reader_left(self, reply_id: str) -> None:
+        if (entry := self._entries.get(reply_id)) is not None:
+            entry.readers -= 1
+
+    async def readers(self, reply_id: str) -> int:
+        entry = self._entries.get(reply_id)
+        return 0 if entry is None else entry.readers
 
     async def is_alive(self, reply_id: str) -> bool:
         entry = self._entries.get(reply_id)

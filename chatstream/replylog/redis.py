@@ -226,6 +226,29 @@ class RedisReplyLog(ReplyLog):
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
 
+    async def reader_joined(self, reply_id: str) -> None:
+        await self._count_reader(reply_id, 1)
+
+    async def reader_left(self, reply_id: str) -> None:
+        await self._count_reader(reply_id, -1)
+
+    async def _count_reader(self, reply_id: str, delta: int) -> None:
+        # A worker that dies leaves its readers counted: the reply then runs on, as
+        # under the "continue" policy, which is the safe way to be wrong.
+        try:
+            async with self._state.client.pipeline(transaction=True) as pipe:
+                pipe.incrby(self.key("readers", reply_id), delta)
+                pipe.expire(self.key("readers", reply_id), _ORPHAN_TTL)
+                await pipe.execute()
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
+
+    async def readers(self, reply_id: str) -> int:
+        try:
+            return int(await self._state.client.get(self.key("readers", reply_id)) or 0)
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
+
     async def is_alive(self, reply_id: str) -> bool:
         if reply_id in self._state.writers:
             return True
