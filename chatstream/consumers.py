@@ -44,9 +44,14 @@ from chatstream.serializers import message_payload
 
 logger = logging.getLogger(__name__)
 
-# Code points per delta frame at most: a reader far behind catches up in frames
-# that every client library accepts (the websockets library refuses over 1 MiB).
+# Daphne refuses to send a message over 1 MiB (its websocket_max_message_size also
+# bounds outgoing frames), and client libraries refuse them by default (websockets:
+# 1 MiB). A reader far behind therefore catches up in deltas of at most this many
+# code points (under 400 kB of JSON, whatever the text), and a ``done`` frame that
+# would exceed MAX_FRAME_BYTES leaves the message's ``content`` out (null): the
+# deltas carried every character of it already.
 MAX_FRAME_CHARS = 65536
+MAX_FRAME_BYTES = 1_000_000
 
 # Close codes after a refused connection: 4000 + the HTTP API's status.
 CLOSE_NOT_AUTHENTICATED = 4403
@@ -74,14 +79,19 @@ def _error_frame(error: ChatstreamError, **extra: Any) -> dict[str, Any]:
     return frame
 
 
-def _done_frame(reply_id: str, final: Mapping[str, Any], offset: int) -> dict[str, Any]:
-    return {
+def _done_frame(reply_id: str, final: Mapping[str, Any], offset: int) -> str:
+    frame = {
         "type": "done",
         "message_id": reply_id,
         "status": final.get("status"),
         "offset": offset,
         "message": final.get("message"),
     }
+    text = _encode(frame)
+    if len(text) * 4 > MAX_FRAME_BYTES and len(text.encode()) > MAX_FRAME_BYTES:
+        frame["message"] = {**frame["message"], "content": None}
+        text = _encode(frame)
+    return text
 
 
 class ConversationConsumer(AsyncWebsocketConsumer):
@@ -344,9 +354,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self._send_frame({"type": "error", **error, "message_id": reply_id})
         await self._send_frame(_done_frame(reply_id, final, offset))
 
-    async def _send_frame(self, frame: Mapping[str, Any]) -> None:
+    async def _send_frame(self, frame: Mapping[str, Any] | str) -> None:
+        text = frame if isinstance(frame, str) else _encode(frame)
         async with self._send_lock:
-            await self.send(text_data=_encode(frame))
+            await self.send(text_data=text)
 
 
 async def _finished(reply_id: str) -> Message:

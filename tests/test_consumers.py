@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient, override_settings
 from django.urls import include, path
 
-from chatstream.consumers import MAX_FRAME_CHARS
+from chatstream.consumers import MAX_FRAME_BYTES, MAX_FRAME_CHARS
 from chatstream.generation import registry
 from chatstream.models import Message
 from chatstream.routing import url_prefix, websocket_urlpatterns, websocket_urls
@@ -290,7 +290,7 @@ async def test_resume_of_another_conversations_reply_is_not_found() -> None:
     assert error["code"] == "not_found"
 
 
-async def test_a_reader_far_behind_catches_up_in_bounded_frames() -> None:
+async def test_a_reader_far_behind_catches_up_in_frames_under_the_size_limit() -> None:
     client = AsyncClient()
     conversation = await new_conversation(client)
     async with websocket(client, conversation) as communicator:
@@ -299,19 +299,20 @@ async def test_a_reader_far_behind_catches_up_in_bounded_frames() -> None:
         await until_done(communicator)
     reply_id = started["assistant_message"]["id"]
     await registry.wait(reply_id, timeout=TIMEOUT)
-    long_text = "é" * (MAX_FRAME_CHARS * 2 + 10)
+    long_text = "€" * (MAX_FRAME_BYTES // 3 + 10)  # three bytes each: over the limit
     await Message.objects.filter(pk=reply_id).aupdate(content=long_text)
-    # The log still has the short text; a fresh reply log only has the database's.
+    # A fresh reply log (new settings) has no record of it: the database has the word.
     with override_settings(CHATSTREAM={**TEST_CHATSTREAM, "LOG_TTL": 1}):
         async with websocket(client, conversation) as communicator:
             await communicator.send_json_to({"type": "resume", "message_id": reply_id, "offset": 3})
             frames = await until_done(communicator)
-    assert [f["offset"] for f in frames[:-1]] == [
-        MAX_FRAME_CHARS + 3,
-        2 * MAX_FRAME_CHARS + 3,
-        len(long_text),
-    ]
+    offsets = [*range(3 + MAX_FRAME_CHARS, len(long_text), MAX_FRAME_CHARS), len(long_text)]
+    assert [f["offset"] for f in frames[:-1]] == offsets
     assert text_of(frames) == long_text[3:]
+    done = frames[-1]
+    assert done["offset"] == done["message"]["offset"] == len(long_text)
+    assert done["message"]["content"] is None  # the deltas carried it; the frame stays small
+    assert done["message"]["status"] == "complete"
 
 
 async def test_routes_follow_the_url_prefix() -> None:
