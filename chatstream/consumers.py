@@ -18,6 +18,7 @@ out under one lock, so control frames never interleave with a reader's send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -27,19 +28,20 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from chatstream import turns
-from chatstream.conf import get_settings
+from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.exceptions import (
     BadRequest,
     ChatstreamError,
     InvalidOffset,
     NotFound,
     RateLimited,
+    ReplyLogUnavailable,
     ServiceUnavailable,
 )
 from chatstream.generation import final_record, recover
 from chatstream.models import Conversation, Message, Role, Status
 from chatstream.ownership import Owner, aget_scope_owner
-from chatstream.replylog import LogRead, get_reply_log
+from chatstream.replylog import LogRead, ReplyLog, get_reply_log
 from chatstream.serializers import message_payload
 
 logger = logging.getLogger(__name__)
@@ -304,12 +306,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self._follow(reply_id, offset)
         except ServiceUnavailable as error:
             # No done: the client resumes from its offset once the log is back.
-            await self._send_frame(_error_frame(error, message_id=reply_id))
+            await self._send_quietly(_error_frame(error, message_id=reply_id))
         except OSError:
             pass  # the client is gone; its disconnect ends the consumer
         except Exception:
             logger.exception("WebSocket reader of reply %s failed", reply_id)
-            await self._send_frame(
+            await self._send_quietly(
                 {
                     "type": "error",
                     "code": "internal_error",
@@ -320,6 +322,18 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def _follow(self, reply_id: str, offset: int) -> None:
         settings, log = get_settings(), get_reply_log()
+        # Counted in while following, on any worker: under the ``cancel`` disconnect
+        # policy a reply whose readers all left stops; under ``continue`` it goes on.
+        await log.reader_joined(reply_id)
+        try:
+            await self._pull(log, settings, reply_id, offset)
+        finally:
+            with contextlib.suppress(ReplyLogUnavailable):
+                await log.reader_left(reply_id)
+
+    async def _pull(
+        self, log: ReplyLog, settings: ChatstreamSettings, reply_id: str, offset: int
+    ) -> None:
         while True:
             read: LogRead | None = await log.read(reply_id, offset, settings.keepalive_interval)
             silent = read is not None and not read.text and read.final is None
@@ -353,6 +367,11 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if error:
             await self._send_frame({"type": "error", **error, "message_id": reply_id})
         await self._send_frame(_done_frame(reply_id, final, offset))
+
+    async def _send_quietly(self, frame: Mapping[str, Any]) -> None:
+        """A reader's last word: a client that has gone needs none."""
+        with contextlib.suppress(OSError):
+            await self._send_frame(frame)
 
     async def _send_frame(self, frame: Mapping[str, Any] | str) -> None:
         text = frame if isinstance(frame, str) else _encode(frame)

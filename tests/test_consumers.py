@@ -18,6 +18,7 @@ from django.urls import include, path
 from chatstream.consumers import MAX_FRAME_BYTES, MAX_FRAME_CHARS
 from chatstream.generation import registry
 from chatstream.models import Message
+from chatstream.providers.demo import demo_reply
 from chatstream.routing import url_prefix, websocket_urlpatterns, websocket_urls
 from tests.settings import CHATSTREAM as TEST_CHATSTREAM
 
@@ -240,6 +241,22 @@ async def test_disconnect_ends_the_reader_but_not_the_reply() -> None:
     stored = await Message.objects.aget(pk=reply_id)
     assert stored.status == "complete"
     assert "offline demo model" in stored.content
+
+
+async def test_cancel_policy_stops_a_reply_whose_websocket_readers_left() -> None:
+    policy = {**SLOW_DEMO, "DISCONNECT_POLICY": "cancel", "DISCONNECT_GRACE": 0.3}
+    client = AsyncClient()
+    conversation = await new_conversation(client)
+    with override_settings(CHATSTREAM=policy):
+        async with websocket(client, conversation) as communicator:
+            await communicator.send_json_to({"type": "send", "content": "go on"})
+            started = await frame(communicator)
+            assert (await frame(communicator))["type"] == "delta"  # counted in by now
+        reply_id = started["assistant_message"]["id"]
+        await registry.wait(reply_id, timeout=TIMEOUT)
+    stored = await Message.objects.aget(pk=reply_id)
+    assert stored.status == "stopped"
+    assert 0 < len(stored.content) < len(demo_reply("go on"))
 
 
 async def test_resume_from_offset_yields_exactly_the_rest() -> None:
