@@ -138,6 +138,7 @@ export function settleTail(block) {
     while (lines.length && /^\s*\|/.test(lines[lines.length - 1])) lines.pop();
     text = lines.join("\n");
   }
+  if (/^\s*(```|~~~)[^\n]*$/.test(text)) return ""; // its language is still arriving
   if (/^\s*(```|~~~)/.test(text)) return text; // an open fence renders as code already
   // A link whose target is still arriving: show its label only.
   text = text.replace(/!?\[([^\]\n]*)\]\([^)\s]*$/, "$1").replace(/!?\[([^\]\n]*)$/, "$1");
