@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import openai
@@ -61,6 +62,23 @@ async def stream(request: HttpRequest) -> HttpResponse:
     return response
 
 
+_snapshot: list[tracemalloc.Snapshot] = []
+
+
+def _allocations() -> list[str]:
+    """The biggest growths since the previous call (``PYTHONTRACEMALLOC`` servers only)."""
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__)]
+    )
+    previous, _snapshot[:] = _snapshot[:1], [snapshot]
+    if not previous:
+        return []
+    return [str(stat) for stat in snapshot.compare_to(previous[0], "lineno")[:25]]
+
+
 async def stats(request: HttpRequest) -> HttpResponse:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return JsonResponse({"writes": dict(WRITES), "maxrss_kb": usage.ru_maxrss})
+    payload = {"writes": dict(WRITES), "maxrss_kb": usage.ru_maxrss}
+    if tracemalloc.is_tracing() and "allocations" in request.GET:
+        payload["allocations"] = _allocations()
+    return JsonResponse(payload)

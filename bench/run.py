@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py            # the full benchmark (about 12 minutes)
     .venv/bin/python bench/run.py --quick    # a smaller one (about 3 minutes)
-    .venv/bin/python bench/run.py --scenarios throughput --servers uvicorn --profile
+    .venv/bin/python bench/run.py --scenarios throughput --servers daphne --profile
 
 It starts everything itself on 127.0.0.1: a fake OpenAI-compatible upstream
 (``bench/upstream.py``), and for every scenario and variant a fresh server
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -191,17 +192,21 @@ class Server:
     env: dict[str, str]
     core: int | None
     log_path: Path
+    profile: Path | None = None  # cProfile's output: the server runs under it
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Server:
         self.port = free_port()
         app = "project.asgi:application"
+        python = [PYTHON]
+        if self.profile is not None:
+            python += ["-m", "cProfile", "-o", str(self.profile)]
         if self.kind == "daphne":
             endpoint = f"tcp:port={self.port}:interface=127.0.0.1:backlog=4096"
-            command = [PYTHON, "-m", "daphne", "-e", endpoint, app]
+            command = [*python, "-m", "daphne", "-e", endpoint, app]
         else:
-            command = [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1"]
+            command = [*python, "-m", "uvicorn", app, "--host", "127.0.0.1"]
             command += ["--port", str(self.port), "--backlog", "2048"]
             command += ["--lifespan", "off", "--no-access-log"]
         with open(self.log_path, "ab") as log:
@@ -285,6 +290,7 @@ class Bench:
     redis_url: str = ""
     redis_pid: int | None = None
     profile: bool = False
+    tracemalloc: bool = False
     runs: list[dict[str, Any]] = field(default_factory=list)
     counter: int = 0
 
@@ -305,14 +311,17 @@ class Bench:
         )
         if redis_url:
             env["REDIS_URL"] = redis_url
+        if self.tracemalloc:
+            env["PYTHONTRACEMALLOC"] = "1"
         return env
 
-    def new_server(self, kind: str, redis_url: str = "") -> Server:
+    def new_server(self, kind: str, redis_url: str = "", profile: Path | None = None) -> Server:
         self.counter += 1
         db = self.workdir / f"db-{self.counter}.sqlite3"
         shutil.copyfile(self.template, db)
         log = self.workdir / f"server-{self.counter}-{kind}.log"
-        return Server(kind, self.server_env(redis_url, db), self.server_core, log).start()
+        server = Server(kind, self.server_env(redis_url, db), self.server_core, log, profile)
+        return server.start()
 
     async def run(
         self,
@@ -329,16 +338,14 @@ class Bench:
         server = None
         began = time.monotonic()
         try:
-            server = self.new_server(kind, self.redis_url if redis else "")
+            out = RESULTS / f"profile-{kind}-{scenario}-{variant.replace('+', '-')}.prof"
+            server = self.new_server(
+                kind, self.redis_url if redis else "", profile=out if profile else None
+            )
             target = Target(server.port, variant)
             await self.warm_up(target)
-            spy = self.start_profiler(server, kind, scenario, variant) if profile else None
             redis_cpu = proc_cpu(self.redis_pid) if redis and self.redis_pid else None
-            try:
-                record.update(await asyncio.wait_for(body(target, server), 600))
-            finally:
-                if spy is not None:
-                    stop_process(spy, timeout=30)
+            record.update(await asyncio.wait_for(body(target, server), 600))
             if redis_cpu is not None and record.get("tokens"):
                 assert self.redis_pid is not None
                 used = proc_cpu(self.redis_pid) - redis_cpu
@@ -352,23 +359,6 @@ class Bench:
         print(" " + short(record), flush=True)
         self.runs.append(record)
         return record
-
-    def start_profiler(
-        self, server: Server, kind: str, scenario: str, variant: str
-    ) -> subprocess.Popen[bytes] | None:
-        spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
-        if not Path(spy).exists():
-            print(" (py-spy not installed: .venv/bin/pip install py-spy)", end="")
-            return None
-        out = RESULTS / f"profile-{kind}-{scenario}-{variant.replace('+', '-')}.txt"
-        command = [spy, "record", "--pid", str(server.pid), "--rate", "250", "--format", "raw"]
-        command += ["--output", str(out), "--nonblocking"]
-        core = None if self.server_core is None else 1 - self.server_core
-        spy_process = subprocess.Popen(
-            pinned(core, command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(1.0)  # let it attach
-        return spy_process
 
     async def warm_up(self, target: Target) -> None:
         """Imports, the SDK client, connection pools: paid before measuring."""
@@ -567,8 +557,14 @@ def idle_scenario(bench: Bench) -> Callable[..., Awaitable[dict[str, Any]]]:
         spread = max(1.0, half / 40)  # no backlog of POSTs: they would count as streams
         first = await open_some(owners[:half], spread, opened + half)
         at_half = await _settled_rss(server)
+        if bench.tracemalloc:
+            await target.get_json("/bench/stats/?allocations=1")
         second = await open_some(owners[half:], spread, opened + count)
         at_all = await _settled_rss(server)
+        threads, db_files = _threads(server), _open_db_files(server)
+        allocations = None
+        if bench.tracemalloc:
+            allocations = (await target.get_json("/bench/stats/?allocations=1"))[1]
         open_streams = (await bench.upstream.astats())["started"] - opened
         sampled = loop.time() - began
         results = await first + await second
@@ -580,12 +576,34 @@ def idle_scenario(bench: Bench) -> Callable[..., Awaitable[dict[str, Any]]]:
             sampled_after_s=round(sampled, 1),
             idle_kb_per_stream=round((at_all - at_half) / max(count - half, 1), 1),
             idle_kb_per_stream_all=round((at_all - before) / max(open_streams, 1), 1),
+            threads_at_all=threads,
+            db_files_open_at_all=db_files,
         )
+        if allocations is not None:
+            path = RESULTS / f"allocations-{server.kind}-{target.chatstream}.json"
+            path.write_text(json.dumps(allocations.get("allocations"), indent=1))
         if sampled > delay:
             record["note"] = "streams started before all were open: raise idle_delay"
         return record
 
     return body
+
+
+def _threads(server: Server) -> int:
+    with open(f"/proc/{server.pid}/status") as file:
+        for line in file:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _open_db_files(server: Server) -> int:
+    """Open SQLite files: a database connection held by a stream shows here."""
+    count = 0
+    for fd in Path(f"/proc/{server.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).endswith(".sqlite3")
+    return count
 
 
 async def _settled_rss(server: Server) -> float:
@@ -954,14 +972,26 @@ def main() -> None:
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated: {','.join(SCENARIOS)}"
     )
     parser.add_argument("--servers", default=None, help="daphne,uvicorn (--quick: daphne)")
+    parser.add_argument(
+        "--streams", default=None, help="concurrent stream counts, e.g. 100,500,1000"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run the matrix N times; medians")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy every chatstream run (bench/results/)"
+        "--profile",
+        action="store_true",
+        help="run chatstream servers under cProfile (slower; bench/results/profile-*.prof)",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace the idle scenario's allocations (slow; bench/results/allocations-*.json)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
 
     sizes = QUICK if args.quick else FULL
+    if args.streams:
+        sizes = dataclasses.replace(sizes, streams=tuple(int(n) for n in args.streams.split(",")))
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
@@ -984,7 +1014,7 @@ def main() -> None:
         bench = Bench(
             sizes, workdir, template, owners, upstream, server_core,
             redis_url=redis_url, redis_pid=redis.process.pid if redis else None,
-            profile=args.profile,
+            profile=args.profile, tracemalloc=args.tracemalloc,
         )  # fmt: skip
         for repeat in range(args.repeat):
             if args.repeat > 1:

@@ -19,6 +19,10 @@ from project.settings import *  # noqa: F403
 from project.settings import CHATSTREAM
 
 ROOT_URLCONF = "bench.urls"
+# Plain HTTP on 127.0.0.1: in production TLS ends at the proxy in front.
+SECURE_SSL_REDIRECT = False
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = False
+SECURE_HSTS_SECONDS = 0
 # No collectstatic for a benchmark: plain static storage.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
