@@ -271,6 +271,57 @@ async def test_bad_frames_get_error_frames_and_the_connection_goes_on(
     assert started["assistant_message"]["id"] == frames[-1]["message_id"]
 
 
+# --- several workers -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workers(
+    fake_openai: FakeOpenAI,
+    redis_url: str,
+    shared_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two daphne processes sharing one Redis reply log and one database."""
+    workdir = tmp_path_factory.mktemp("ws-workers")
+    common = {"REDIS_URL": redis_url, "DATABASE_URL": shared_database_url}
+    a = make_live_server("daphne", workdir / "a", fake_openai, **common)
+    try:
+        b = make_live_server("daphne", workdir / "b", fake_openai, migrate=False, **common)
+    except BaseException:
+        a.stop()
+        raise
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+async def test_send_on_one_worker_resume_and_stop_on_another(
+    workers: tuple[LiveServer, LiveServer], fake_openai: FakeOpenAI
+) -> None:
+    a, b = workers
+    tokens = [f"x{i} " for i in range(400)]
+    trigger = fake_openai.script(unique("workers"), Script(tokens=tokens, interval=0.05))
+    with a.client() as client:  # one browser session; its cookie works on either worker
+        conversation = client.conversation()["id"]
+        async with websocket(a, conversation, client) as ws:
+            started = await start(ws, trigger)
+            first = [await frame(ws) for _ in range(2)]
+        reply_id, offset = started["assistant_message"]["id"], first[-1]["offset"]
+        async with websocket(b, conversation, client) as ws:
+            await send(ws, type="resume", message_id=reply_id, offset=offset)
+            rest = [await frame(ws)]
+            await send(ws, type="stop")
+            rest += await until_done(ws)
+        stored = await message(client, reply_id)
+    upstream = await upstream_closed(fake_openai, trigger)
+    assert upstream.closed_early and not upstream.completed
+    assert_offsets(first)
+    assert_offsets(rest, start=offset)
+    assert rest[-1]["status"] == "stopped"
+    assert text_of(first) + text_of(rest) == stored["content"]
+    assert 0 < len(stored["content"]) < len("".join(tokens))
+
+
 # --- a slow client ----------------------------------------------------------------------
 
 BIG_TOKENS = [f"t{i:014d} " for i in range(65536)]  # 16 code points each: 1 MiB
