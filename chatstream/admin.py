@@ -276,8 +276,7 @@ class MessageAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
-        return False
+    # Deleting stays with the permission: deleting a conversation cascades to its messages.
 
     def get_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view

@@ -346,11 +346,12 @@ def _with_total(row: Mapping[str, Any], label: Any = "") -> dict[str, Any]:
 
 
 def usage_totals(start: date, end: date) -> dict[str, Any]:
-    """Tokens spent by replies created from ``start`` to ``end``, every status included
-    (a stopped or failed reply was paid for too), regenerated ones as well."""
+    """Tokens spent by replies created from ``start`` to ``end``: every finished status
+    (a stopped or failed reply was paid for too), regenerated ones as well; replies
+    still streaming have no usage yet and wait for the next look."""
     replies: QuerySet[Message] = Message.objects.filter(
         role=Role.ASSISTANT, created_at__date__gte=start, created_at__date__lte=end
-    )
+    ).exclude(status=Status.STREAMING)
     by_assistant = [
         _with_total(row, row["assistant__name"] or "(no assistant)")
         for row in replies.values("assistant_id", "assistant__name")

@@ -3,13 +3,14 @@ replies streaming now (with stop) and usage totals, as a staff user sees them.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
 from django.test import AsyncClient, Client, override_settings
@@ -146,7 +147,6 @@ def test_messages_are_read_only(admin_client: Client) -> None:
         f"/admin/chatstream/message/{reply.pk}/change/", {"content": "changed"}
     )
     assert response.status_code == 403
-    assert admin_client.get(f"/admin/chatstream/message/{reply.pk}/delete/").status_code == 403
     reply.refresh_from_db()
     assert reply.content == "An answer."
 
@@ -410,6 +410,22 @@ def test_an_orphaned_reply_shows_its_checkpoint_and_is_finalised_interrupted(
     assert shown(response) == [f"Reply {reply.pk} had already finished (interrupted)."]
 
 
+@pytest.mark.django_db
+def test_deleting_a_conversation_stops_its_streaming_reply(admin_client: Client) -> None:
+    conversation = Conversation.objects.create(title="t")
+    reply = make_reply(conversation, status=Status.STREAMING, finished_at=None)
+    log = get_reply_log()
+    async_to_sync(log.open)(str(reply.pk))
+    response = admin_client.post(
+        f"/admin/chatstream/conversation/{conversation.pk}/delete/", {"post": "yes"}, follow=True
+    )
+    assert "Stop requested for 1 streaming reply." in shown(response)
+    assert not Conversation.objects.exists()
+    # The generation's stop signal is set; it would now close the upstream and end.
+    async_to_sync(asyncio.wait_for)(log.wait_stop(str(reply.pk)), 1)
+    async_to_sync(log.finish)(str(reply.pk), {})
+
+
 # --- usage -----------------------------------------------------------------------------
 
 
@@ -433,7 +449,8 @@ def test_usage_totals_by_assistant_owner_and_day(admin_client: Client) -> None:
         created_at=yesterday,
     )
     make_reply(anonymous, assistant=helper, prompt_tokens=1, completion_tokens=2, created_at=now)
-    # Outside the default range, and a user's message: neither counts.
+    # Outside the default range, a user's message, a reply still streaming: none counts.
+    make_reply(anonymous, status=Status.STREAMING, prompt_tokens=500, created_at=now)
     make_reply(mine, assistant=helper, prompt_tokens=999, created_at=now - timedelta(days=40))
     Message.objects.create(
         conversation=mine, role=Role.USER, content="q", prompt_tokens=50, created_at=now
