@@ -140,7 +140,7 @@ async def _conversation(owner: Owner, conversation_id: str) -> Conversation:
 async def _message(owner: Owner, message_id: str) -> Message:
     message = (
         await Message.objects.filter(owner.of("conversation__"), pk=_uuid(message_id))
-        .select_related("conversation")
+        .select_related("conversation__assistant")
         .afirst()
     )
     if message is None:

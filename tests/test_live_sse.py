@@ -286,3 +286,22 @@ def test_bad_message_bodies_are_400_json_and_store_nothing(
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
     assert stored["messages"] == []
+
+
+def test_regenerate_with_a_seeded_assistant_streams_a_new_reply(
+    asgi_server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    trigger = fake_openai.script(unique("again"), Script(tokens=["one", " two"]))
+    with asgi_server.client() as client:
+        started = client.start(trigger)
+        client.read_all(started["stream_url"])
+        response = client.call(
+            "POST", f"/api/messages/{started['assistant_message']['id']}/regenerate/"
+        )
+        assert response.status_code == 201, response.text
+        again = response.json()
+        events = client.read_all(again["stream_url"])
+    assert again["user_message"]["id"] == started["user_message"]["id"]
+    assert again["assistant_message"]["id"] != started["assistant_message"]["id"]
+    assert text_of(events) == "one two"
+    assert len(fake_openai.requests_for(trigger)) == 2

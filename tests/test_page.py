@@ -507,12 +507,6 @@ def test_html_and_javascript_links_from_the_model_are_inert(
     assert page.url.startswith(server.url)  # the javascript: link went nowhere
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="POST regenerate is a 500 on a live server: views._message does not "
-    "select_related('conversation__assistant'), so turns._begin touches the ORM "
-    "synchronously (SynchronousOnlyOperation)",
-)
 def test_error_is_shown_inline_and_retry_regenerates_the_reply(
     page: Page, server: LiveServer, fake_openai: FakeOpenAI
 ) -> None:
