@@ -119,12 +119,14 @@ async def acheck_assistant(
     except TimeoutError:
         return result(False, code="upstream_timeout", message=f"No answer within {timeout:g} s.")
     except Exception as exc:
-        # Its text may quote a setting (a key, an endpoint): the log has it, the page not.
-        logger.warning("Connection check for %r failed", name, exc_info=True)
+        # Its text may quote a setting (a key, an endpoint): neither the page nor the log
+        # gets more than its type.
+        logger.warning("Connection check for %r failed with %s", name, type(exc).__name__)
         return result(
             False,
             code="check_failed",
-            message=f"The check failed with {type(exc).__name__}; the server log has details.",
+            message=f"The check failed with {type(exc).__name__}: "
+            "check the connection's BACKEND and OPTIONS.",
         )
     finally:
         if provider is not None:

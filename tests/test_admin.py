@@ -277,7 +277,9 @@ def test_check_connection_button_reports_an_upstream_refusal_without_secrets(
 
 
 @pytest.mark.django_db
-def test_check_connection_reports_an_unreachable_server(admin_client: Client) -> None:
+def test_check_connection_reports_an_unreachable_server(
+    admin_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
     assistant = Assistant.objects.create(name="Real", slug="real", connection="upstream")
     with override_settings(CHATSTREAM=upstream("http://127.0.0.1:9/v1")):
         response = admin_client.post(
@@ -287,6 +289,7 @@ def test_check_connection_reports_an_unreachable_server(admin_client: Client) ->
         "Real: model fake-model on connection 'upstream' did not answer: "
         "upstream_unreachable: The model's server could not be reached."
     ]
+    assert "sk-test-secret" not in caplog.text
 
 
 @pytest.mark.django_db
@@ -307,6 +310,31 @@ def test_check_connection_of_the_demo_model_and_of_a_missing_connection(
         "Gone: model (none) on connection 'removed' did not answer: "
         "assistant_misconfigured: The assistant's connection 'removed' is not configured."
     )
+
+
+@pytest.mark.django_db
+def test_check_connection_names_a_client_that_cannot_be_built(
+    admin_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    azure = {
+        "BACKEND": "chatstream.providers.openai.AzureOpenAIProvider",
+        "OPTIONS": {"api_key": "sk-test-secret"},  # no endpoint, no API version
+        "MODEL": "deployment",
+    }
+    chatstream = {
+        **TEST_CHATSTREAM,
+        "CONNECTIONS": {**TEST_CHATSTREAM["CONNECTIONS"], "azure": azure},
+    }
+    assistant = Assistant.objects.create(name="Azure", slug="azure", connection="azure")
+    with override_settings(CHATSTREAM=chatstream):
+        response = admin_client.post(
+            f"/admin/chatstream/assistant/{assistant.pk}/check-connection/", follow=True
+        )
+    [text] = shown(response)
+    assert text.startswith("Azure: model deployment on connection 'azure' did not answer: ")
+    assert "check_failed: The check failed with " in text
+    assert text.endswith(": check the connection's BACKEND and OPTIONS.")
+    assert "sk-test-secret" not in response.content.decode() + caplog.text
 
 
 @pytest.mark.django_db
