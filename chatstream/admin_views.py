@@ -38,7 +38,7 @@ from chatstream.generation import recover
 from chatstream.models import Assistant, Message, Role, Status
 from chatstream.providers.base import ChatRequest
 from chatstream.replylog import get_reply_log
-from chatstream.turns import _target
+from chatstream.turns import resolve_target
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ async def acheck_assistant(
     settings = settings or get_settings()
     name = assistant.connection
     try:
-        name, model, is_demo = _target(assistant, settings)
+        name, model, is_demo = resolve_target(assistant, settings)
     except ChatstreamError as exc:
         return CheckResult(
             str(assistant), name, assistant.model, False, code=exc.code, message=exc.message

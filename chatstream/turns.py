@@ -55,7 +55,9 @@ async def adefault_assistant() -> Assistant | None:
     return await Assistant.objects.filter(is_active=True).order_by("-is_default", "name").afirst()
 
 
-def _target(assistant: Assistant | None, settings: ChatstreamSettings) -> tuple[str, str, bool]:
+def resolve_target(
+    assistant: Assistant | None, settings: ChatstreamSettings
+) -> tuple[str, str, bool]:
     """(connection name, model, is_demo) for a reply by ``assistant``."""
     name = assistant.connection if assistant else "default"
     connection = settings.connections.get(name)
@@ -77,7 +79,7 @@ def _target(assistant: Assistant | None, settings: ChatstreamSettings) -> tuple[
 
 def assistant_info(assistant: Assistant) -> dict[str, Any]:
     try:
-        _, model, is_demo = _target(assistant, get_settings())
+        _, model, is_demo = resolve_target(assistant, get_settings())
     except ChatstreamError:
         model, is_demo = assistant.model, False
     return assistant_payload(assistant, model=model, is_demo=is_demo)
@@ -196,7 +198,7 @@ async def _begin(
     assistant = conversation.assistant
     if assistant is None or not assistant.is_active:
         assistant = await adefault_assistant()
-    connection, model, _ = _target(assistant, settings)
+    connection, model, _ = resolve_target(assistant, settings)
     try:
         question, reply, history = await sync_to_async(create)(assistant, model)
     except ReplyInProgress:
