@@ -36,6 +36,8 @@ from chatstream.tokens import estimate_messages, estimate_tokens, tokens_for_len
 
 logger = logging.getLogger(__name__)
 
+_MERGE_EVERY = 64
+
 
 @dataclass(frozen=True)
 class ReplySpec:
@@ -64,6 +66,16 @@ class _Progress:
     ttft_ms: int | None = None
     finish_reason: str | None = None
     usage: Usage | None = None
+
+    sealed: int = 0
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.length += len(text)
+        if len(self.parts) - self.sealed >= _MERGE_EVERY:
+            # Blocks, not one object per token: a long reply costs about its own size.
+            self.parts[self.sealed :] = ["".join(self.parts[self.sealed :])]
+            self.sealed += 1
 
     @property
     def text(self) -> str:
@@ -226,8 +238,7 @@ class Generation:
                 if chunk.text:
                     if progress.ttft_ms is None:
                         progress.ttft_ms = round((loop.time() - started) * 1000)
-                    progress.parts.append(chunk.text)
-                    progress.length += len(chunk.text)
+                    progress.add(chunk.text)
                     await self.log.append(self.spec.reply_id, chunk.text)
                     if budget is not None and tokens_for_length(progress.length) > budget:
                         raise TokenQuotaExceeded()
