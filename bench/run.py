@@ -822,7 +822,7 @@ def targets(rows: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, Any]]:
             check(
                 f"{big}: 0 errors, TTFT p99 < 250 ms",
                 kind,
-                f"{mine['errors']} errors, p99 {_fmt(mine['ttft_p99_ms'])} ms",
+                f"{mine['errors']:g} errors, p99 {_fmt(mine['ttft_p99_ms'])} ms",
                 mine["errors"] == 0 and (mine["ttft_p99_ms"] or 1e9) < 250,
             )
         for scenario in (big, "throughput"):
@@ -854,7 +854,7 @@ def targets(rows: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, Any]]:
             check(
                 f"{big}: DB writes/reply ≤ 3 + 1 per {CHECKPOINT_INTERVAL:g} s streamed",
                 kind,
-                f"{mine['db_writes_per_reply']} (allowed {allowed} for {streaming} s): "
+                f"{mine['db_writes_per_reply']:.2f} (allowed {allowed} for {streaming:g} s): "
                 + ", ".join(
                     f"{k} {v / max(mine['ok'], 1):.2f}" for k, v in mine["db_writes"].items()
                 ),
@@ -881,7 +881,7 @@ def targets(rows: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, Any]]:
                 check(
                     f"{scenario}: Redis CPU/token ≤ 1.5× memory",
                     kind,
-                    f"{redis['cpu_us_per_token']} vs {memory['cpu_us_per_token']} µs "
+                    f"{redis['cpu_us_per_token']:.1f} vs {memory['cpu_us_per_token']:.1f} µs "
                     f"({ratio:.2f}×)",
                     ratio <= 1.5,
                 )
