@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.db import connections, transaction
+from django.db import connections
 from django.utils import timezone
 
 from chatstream import limits, shutdown
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.connections import get_provider
 from chatstream.exceptions import TokenQuotaExceeded, UpstreamError
-from chatstream.models import Conversation, Message, Status
+from chatstream.models import Message, Status
 from chatstream.providers.base import ChatRequest, Usage
 from chatstream.replylog import ReplyLog, get_reply_log
 from chatstream.serializers import message_payload
@@ -37,6 +37,7 @@ from chatstream.tokens import estimate_messages, estimate_tokens, tokens_for_len
 logger = logging.getLogger(__name__)
 
 _MERGE_EVERY = 64
+_PAUSE_EVERY = 0.01  # seconds of upstream reading between two yields to the loop
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,9 @@ def final_record(message: Message) -> dict[str, Any]:
 
 def _finalise_row(reply_id: str, fields: Mapping[str, Any]) -> tuple[Message | None, bool]:
     """Finalise the row unless someone already did; returns (message, whether we did)."""
-    with transaction.atomic():
-        won = Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(**fields)
-        message = Message.objects.select_related("conversation").filter(pk=reply_id).first()
-        if won and message is not None:
-            Conversation.objects.filter(pk=message.conversation_id).update(
-                updated_at=fields["finished_at"]
-            )
+    # The conversation's updated_at moved when the turn began: no second write here.
+    won = Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(**fields)
+    message = Message.objects.select_related("conversation").filter(pk=reply_id).first()
     return message, bool(won)
 
 
@@ -232,12 +229,18 @@ class Generation:
         budget = self.spec.token_budget
         if budget is not None:
             budget -= estimate_messages(self.spec.request.messages)
-        last_checkpoint = started
+        last_checkpoint = last_pause = started
         async with contextlib.aclosing(provider.stream(self.spec.request)) as chunks:
             async for chunk in chunks:
+                now = loop.time()
+                if now - last_pause >= _PAUSE_EVERY:
+                    # A fast upstream's buffered chunks never suspend this loop: let
+                    # readers run, so they stream instead of getting it all at the end.
+                    last_pause = now
+                    await asyncio.sleep(0)
                 if chunk.text:
                     if progress.ttft_ms is None:
-                        progress.ttft_ms = round((loop.time() - started) * 1000)
+                        progress.ttft_ms = round((now - started) * 1000)
                     progress.add(chunk.text)
                     await self.log.append(self.spec.reply_id, chunk.text)
                     if budget is not None and tokens_for_length(progress.length) > budget:
@@ -246,8 +249,8 @@ class Generation:
                     progress.finish_reason = chunk.finish_reason
                 if chunk.usage is not None:
                     progress.usage = chunk.usage
-                if interval and loop.time() - last_checkpoint >= interval:
-                    last_checkpoint = loop.time()
+                if interval and now - last_checkpoint >= interval:
+                    last_checkpoint = now
                     await self._checkpoint()
 
     async def _checkpoint(self) -> None:
@@ -279,8 +282,9 @@ class Generation:
         except Exception:
             logger.exception("Could not finalise reply %s", self.spec.reply_id)
         # Whoever finalised the row, these tokens were spent by this generation.
-        total = usage.prompt_tokens + usage.completion_tokens
-        await limits.arecord_tokens(self.spec.owner_key, total, self.settings)
+        if self.settings.daily_token_quota:
+            total = usage.prompt_tokens + usage.completion_tokens
+            await sync_to_async(limits.record_tokens)(self.spec.owner_key, total, self.settings)
 
 
 class GenerationRegistry:

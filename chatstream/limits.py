@@ -1,5 +1,8 @@
 """Per-owner limits, checked before anything is stored.
 
+Synchronous on purpose: they run inside the one thread hop that also creates
+the turn's rows, rather than costing a hop each.
+
 Counters live in the Django cache (django-redis when ``REDIS_URL`` is set, so
 they hold across workers); concurrency is counted in the database, which every
 worker shares anyway.
@@ -21,7 +24,7 @@ from chatstream.ownership import Owner
 logger = logging.getLogger(__name__)
 
 
-async def acheck_message_rate(owner: Owner, settings: ChatstreamSettings) -> None:
+def check_message_rate(owner: Owner, settings: ChatstreamSettings) -> None:
     limit = settings.messages_per_minute
     if not limit:
         return
@@ -30,8 +33,8 @@ async def acheck_message_rate(owner: Owner, settings: ChatstreamSettings) -> Non
     key = f"chatstream:messages:{owner.key}:{window}"
     cache = caches[settings.cache_alias]
     try:
-        await cache.aadd(key, 0, timeout=120)
-        count = await cache.aincr(key)
+        cache.add(key, 0, timeout=120)
+        count = cache.incr(key)
     except Exception as exc:  # the cache (Redis) is away: fail open, the log will tell
         logger.warning("Rate limit not checked, the cache failed: %s", exc)
         return
@@ -43,13 +46,11 @@ async def acheck_message_rate(owner: Owner, settings: ChatstreamSettings) -> Non
         )
 
 
-async def acheck_concurrent_replies(owner: Owner, settings: ChatstreamSettings) -> None:
+def check_concurrent_replies(owner: Owner, settings: ChatstreamSettings) -> None:
     limit = settings.max_concurrent_replies
     if not limit:
         return
-    streaming = await Message.objects.filter(
-        owner.of("conversation__"), status=Status.STREAMING
-    ).acount()
+    streaming = Message.objects.filter(owner.of("conversation__"), status=Status.STREAMING).count()
     if streaming >= limit:
         raise RateLimited(
             f"At most {limit} replies may stream at once; wait for one to finish.",
@@ -68,13 +69,13 @@ def _until_midnight() -> int:
     return int((midnight - now).total_seconds()) + 1
 
 
-async def atoken_budget(owner: Owner, settings: ChatstreamSettings) -> int | None:
+def token_budget(owner: Owner, settings: ChatstreamSettings) -> int | None:
     """Tokens the owner may still use today, or ``None`` without a quota."""
     quota = settings.daily_token_quota
     if not quota:
         return None
     try:
-        used = await caches[settings.cache_alias].aget(_today_key(owner.key), 0)
+        used = caches[settings.cache_alias].get(_today_key(owner.key), 0)
     except Exception as exc:  # the cache is away: fail open
         logger.warning("Token quota not checked, the cache failed: %s", exc)
         return None
@@ -86,12 +87,12 @@ async def atoken_budget(owner: Owner, settings: ChatstreamSettings) -> int | Non
     return quota - used
 
 
-async def arecord_tokens(owner_key: str, tokens: int, settings: ChatstreamSettings) -> None:
+def record_tokens(owner_key: str, tokens: int, settings: ChatstreamSettings) -> None:
     if not settings.daily_token_quota or not owner_key or tokens <= 0:
         return
     cache, key = caches[settings.cache_alias], _today_key(owner_key)
     try:
-        await cache.aadd(key, 0, timeout=2 * 24 * 3600)
-        await cache.aincr(key, tokens)
+        cache.add(key, 0, timeout=2 * 24 * 3600)
+        cache.incr(key, tokens)
     except Exception as exc:
         logger.warning("Token usage not counted, the cache failed: %s", exc)

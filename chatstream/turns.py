@@ -51,8 +51,16 @@ def current_messages(conversation_id: Any) -> QuerySet[Message]:
     )
 
 
+def _defaults() -> QuerySet[Assistant]:
+    return Assistant.objects.filter(is_active=True).order_by("-is_default", "name")
+
+
+def default_assistant() -> Assistant | None:
+    return _defaults().first()
+
+
 async def adefault_assistant() -> Assistant | None:
-    return await Assistant.objects.filter(is_active=True).order_by("-is_default", "name").afirst()
+    return await _defaults().afirst()
 
 
 def resolve_target(
@@ -126,7 +134,8 @@ def _history(reply: Message, assistant: Assistant | None) -> list[dict[str, str]
 def _new_reply(
     conversation_id: Any, question: Message, assistant: Assistant | None, model: str
 ) -> Message:
-    return Message.objects.create(
+    """An unsaved streaming reply to ``question``."""
+    return Message(
         conversation_id=conversation_id,
         role=Role.ASSISTANT,
         status=Status.STREAMING,
@@ -144,7 +153,7 @@ def _create_turn(
     now = timezone.now()
     try:
         with transaction.atomic():
-            question = Message.objects.create(
+            question = Message(
                 conversation=conversation,
                 role=Role.USER,
                 content=content,
@@ -153,6 +162,7 @@ def _create_turn(
                 finished_at=now,
             )
             reply = _new_reply(conversation.pk, question, assistant, model)
+            Message.objects.bulk_create([question, reply])  # one INSERT for the turn
             changes: dict[str, Any] = {"updated_at": now}
             if not conversation.title:
                 changes["title"] = conversation.title = " ".join(content.split())[:_TITLE_LENGTH]
@@ -168,6 +178,7 @@ def _replace_reply(old: Message, assistant: Assistant | None, model: str) -> Tur
             Message.objects.filter(pk=old.pk).update(superseded=True)
             question = Message.objects.get(pk=old.reply_to_id)
             reply = _new_reply(old.conversation_id, question, assistant, model)
+            reply.save(force_insert=True)
     except IntegrityError:
         raise ReplyInProgress() from None
     return question, reply, _history(reply, assistant)
@@ -192,13 +203,9 @@ async def _begin(
     Limits come first: a refused message stores nothing.
     """
     settings = get_settings()
-    await limits.acheck_concurrent_replies(owner, settings)
-    await limits.acheck_message_rate(owner, settings)
-    budget = await limits.atoken_budget(owner, settings)
-    assistant = conversation.assistant
-    if assistant is None or not assistant.is_active:
-        assistant = await adefault_assistant()
-    connection, model, _ = resolve_target(assistant, settings)
+    budget, assistant, connection, model = await sync_to_async(_admit)(
+        owner, conversation, settings
+    )
     try:
         question, reply, history = await sync_to_async(create)(assistant, model)
     except ReplyInProgress:
@@ -222,6 +229,20 @@ async def _begin(
             "The reply could not be started; try again shortly.", code="log_unavailable"
         ) from exc
     return question, reply
+
+
+def _admit(
+    owner: Owner, conversation: Conversation, settings: ChatstreamSettings
+) -> tuple[int | None, Assistant | None, str, str]:
+    """Limits, then the reply's target: (token budget, assistant, connection, model)."""
+    limits.check_concurrent_replies(owner, settings)
+    limits.check_message_rate(owner, settings)
+    budget = limits.token_budget(owner, settings)
+    assistant = conversation.assistant
+    if assistant is None or not assistant.is_active:
+        assistant = default_assistant()
+    connection, model, _ = resolve_target(assistant, settings)
+    return budget, assistant, connection, model
 
 
 def _undo_turn(question: Message, reply: Message) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
-from django.db import connection
+from django.db import connection, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
@@ -407,6 +407,8 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
         return EventStreamResponse(_replay(_rest_of(message, offset)))
     if offset > length:
         raise InvalidOffset(f"The reply is only {length} characters long so far.")
+    # The request's DB work is done: a stream may stay open for minutes, without a connection.
+    await sync_to_async(connections.close_all)()
     return EventStreamResponse(_follow(reply_id, offset))
 
 

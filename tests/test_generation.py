@@ -19,11 +19,13 @@ from tests.test_views import new_conversation, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-_WRITE = re.compile(r'^\s*(INSERT INTO|UPDATE|DELETE FROM)\s+"?chatstream_message"?', re.I)
+_WRITE = re.compile(
+    r'^\s*(INSERT INTO|UPDATE|DELETE FROM)\s+"?chatstream_(message|conversation)"?', re.I
+)
 
 
 class WriteCounter:
-    """Counts writes to the message table from every thread's connection."""
+    """Counts writes to the message and conversation tables from every thread's connection."""
 
     def __init__(self) -> None:
         self.writes: list[str] = []
@@ -73,7 +75,8 @@ async def test_database_writes_do_not_grow_with_tokens(
     with override_settings(CHATSTREAM=upstream(fake_openai, CHECKPOINT_INTERVAL=60)):
         short, _ = await run_reply(fake_openai, 20, count_writes)
         long, _ = await run_reply(fake_openai, 200, count_writes)
-    # Insert the question, insert the reply, finalise the reply.
+    # One INSERT for the question and the reply, one UPDATE of the conversation
+    # (title, updated_at), one UPDATE to finalise the reply.
     assert short == long == 3
 
 

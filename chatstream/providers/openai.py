@@ -152,20 +152,26 @@ class OpenAIProvider(Provider):
             raise _status_error(exc.status_code) from None
 
     async def _read(self, response: Any) -> AsyncIterator[Chunk]:
+        # Lines are split as bytes: "\n" never occurs inside a UTF-8 sequence, and
+        # json.loads decodes UTF-8 itself, so the text and line decoders are skipped.
+        pending = b""
         try:
-            async for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue  # blank separators, comments, "event:" lines
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                try:
-                    payload = json.loads(data)
-                except ValueError:
-                    logger.warning("Ignoring a malformed line from the model's server.")
-                    continue
-                if isinstance(payload, dict) and (chunk := parse_chunk(payload)) is not None:
-                    yield chunk
+            async for data in response.http_response.aiter_bytes():
+                lines = (pending + data).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, comments, "event:" lines
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    try:
+                        payload = json.loads(data)
+                    except ValueError:
+                        logger.warning("Ignoring a malformed line from the model's server.")
+                        continue
+                    if isinstance(payload, dict) and (chunk := parse_chunk(payload)):
+                        yield chunk
         except httpx2.TransportError:
             raise UpstreamError(
                 "The connection to the model's server broke mid-reply.",

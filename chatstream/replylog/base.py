@@ -11,6 +11,7 @@ so they reach the generation's process wherever it runs.
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import socket
 from collections.abc import Mapping
@@ -31,6 +32,27 @@ class LogRead:
     text: str
     end: int
     final: Mapping[str, Any] | None = None
+
+
+async def wait_done(future: asyncio.Future[None], timeout: float) -> bool:
+    """Whether ``future`` completed within ``timeout``; without ``wait_for``'s task per call."""
+    if future.done():
+        return True
+    loop = future.get_loop()
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    future.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
+    return future.done()
 
 
 class ReplyLog(abc.ABC):

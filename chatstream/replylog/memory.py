@@ -13,7 +13,7 @@ import bisect
 from collections.abc import Mapping
 from typing import Any
 
-from chatstream.replylog.base import LogRead, ReplyLog
+from chatstream.replylog.base import LogRead, ReplyLog, wait_done
 
 _MERGE_EVERY = 64
 
@@ -26,7 +26,7 @@ class _Entry:
         self.ends: list[int] = []  # ends[i]: the text's length after blocks[i]
         self.sealed = 0  # blocks before this index are merged already
         self.final: Mapping[str, Any] | None = None
-        self.changed = asyncio.Event()
+        self.changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.stop = asyncio.Event()
         self.readers = 0
 
@@ -51,8 +51,8 @@ class _Entry:
         return self.blocks[i][offset - start :] + "".join(self.blocks[i + 1 :])
 
     def _wake(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        self.changed.set_result(None)
+        self.changed = self.changed.get_loop().create_future()
 
 
 class MemoryReplyLog(ReplyLog):
@@ -83,12 +83,12 @@ class MemoryReplyLog(ReplyLog):
         entry = self._entries.get(reply_id)
         if entry is None:
             return None
-        if offset >= entry.length and entry.final is None:
-            changed = entry.changed
-            try:
-                await asyncio.wait_for(changed.wait(), timeout)
-            except TimeoutError:
-                return LogRead("", offset)
+        if (
+            offset >= entry.length
+            and entry.final is None
+            and not await wait_done(entry.changed, timeout)
+        ):
+            return LogRead("", offset)
         length = entry.length
         return LogRead(entry.after(offset), length, entry.final)
 

@@ -8,13 +8,17 @@ Layout, per reply (``P`` is the key prefix):
   after ``finish()`` (and a day after ``open()``, should its owner vanish).
 - ``P:lease:<id>`` — the owner's lease, refreshed by one heartbeat per process.
   A reply whose lease is gone has no live generation: anyone may recover it.
-- ``P:stop:<id>`` plus a message on the ``P:stop`` channel — a stop request. Each
-  process holds one subscription and wakes the generations it owns.
+- ``P:stop:<id>`` — a stop request, announced on the ``P:events`` channel.
+
+One pub/sub subscription per process hears ``P:events``: ``s:<id>`` wakes the
+generation that owns the reply, ``t:<id>`` (sent with each flush) wakes the
+process's readers of it. Readers wait on that, not on a blocking ``XREAD`` each, so
+a thousand open streams cost one Redis connection while they wait, not a thousand.
 
 Appends are batched: text is buffered and written at most every
 ``batch_interval`` seconds per reply, so Redis work does not grow per token.
 Readers resume from an offset; the stream id where a read ended is remembered,
-so a reader's next read is a blocking ``XREAD`` from there, not a rescan.
+so a reader's next read is an ``XRANGE`` from there, not a rescan.
 
 Deliberately tolerant of Redis going away: a failed flush keeps its text and is
 retried, a log that vanished (a Redis restart) is rewritten whole by its owner,
@@ -35,7 +39,7 @@ import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from chatstream.exceptions import ReplyLogUnavailable
-from chatstream.replylog.base import WORKER, LogRead, ReplyLog
+from chatstream.replylog.base import WORKER, LogRead, ReplyLog, wait_done
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,7 @@ class _Writer:
                         pipe.xadd(key, {"t": chunk, "e": end}, nomkstream=True)
                     if final is not None:
                         pipe.xadd(key, {"e": end, "f": json.dumps(final)}, nomkstream=True)
+                    pipe.publish(self.log.channel, f"t:{self.reply_id}")
                     results = await pipe.execute()
                 if None in results:  # the stream vanished (Redis restarted): write it whole
                     await self._rewrite(chunk, final)
@@ -103,6 +108,7 @@ class _Writer:
             if final is not None:
                 pipe.xadd(key, {"e": len(whole), "f": json.dumps(final)})
             pipe.expire(key, _ORPHAN_TTL)
+            pipe.publish(self.log.channel, f"t:{self.reply_id}")
             await pipe.execute()
 
     def cancel_timer(self) -> None:
@@ -117,6 +123,10 @@ class _LoopState:
     def __init__(self, log: RedisReplyLog) -> None:
         self.client = aredis.Redis.from_url(log.location, decode_responses=True)
         self.writers: dict[str, _Writer] = {}
+        # Readers' wake-ups by reply; a future lives while some reader waits on it.
+        self.waiters: weakref.WeakValueDictionary[str, asyncio.Future[None]] = (
+            weakref.WeakValueDictionary()
+        )
         self.listener: asyncio.Task[None] | None = None
         self.heartbeat: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -132,6 +142,7 @@ class RedisReplyLog(ReplyLog):
         self.prefix = str(self.options.get("prefix", "chatstream"))
         self.lease_ttl = float(self.options.get("lease_ttl", 10))
         self.batch_interval = float(self.options.get("batch_interval", 0.02))
+        self.channel = f"{self.prefix}:events"
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -192,9 +203,10 @@ class RedisReplyLog(ReplyLog):
                 end = await self.length(reply_id)
                 if end is None:
                     return
-                await state.client.xadd(
-                    self.key("reply", reply_id), {"e": end, "f": json.dumps(final)}
-                )
+                async with state.client.pipeline(transaction=True) as pipe:
+                    pipe.xadd(self.key("reply", reply_id), {"e": end, "f": json.dumps(final)})
+                    pipe.publish(self.channel, f"t:{reply_id}")
+                    await pipe.execute()
             async with state.client.pipeline(transaction=True) as pipe:
                 pipe.expire(self.key("reply", reply_id), max(1, int(self.ttl)))
                 pipe.delete(self.key("lease", reply_id), self.key("stop", reply_id))
@@ -221,7 +233,7 @@ class RedisReplyLog(ReplyLog):
         try:
             async with client.pipeline(transaction=True) as pipe:
                 pipe.set(self.key("stop", reply_id), "1", ex=max(60, int(self.ttl)))
-                pipe.publish(f"{self.prefix}:stop", reply_id)
+                pipe.publish(self.channel, f"s:{reply_id}")
                 await pipe.execute()
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
@@ -269,24 +281,31 @@ class RedisReplyLog(ReplyLog):
         return int(last[0][1]["e"]) if last else None
 
     async def read(self, reply_id: str, offset: int, timeout: float) -> LogRead | None:
-        client, key = self._state.client, self.key("reply", reply_id)
+        state = self._state
+        client, key = state.client, self.key("reply", reply_id)
         try:
+            await self._ensure_background(state)
+            # Take the wake-up before looking, so text flushed in between is not missed.
+            wake = state.waiters.get(reply_id)
+            if wake is None:
+                wake = state.waiters[reply_id] = asyncio.get_running_loop().create_future()
             cursor = self._cursors.pop((reply_id, offset), None)
-            if cursor is None:
-                entries = await client.xrange(key)
-                if not entries:
-                    return None
+            entries = await client.xrange(key, min=f"({cursor}" if cursor else "-")
+            if cursor is None and not entries:
+                return None
+            if entries:
                 read = self._assemble(reply_id, entries, offset)
                 if read.text or read.final is not None or timeout <= 0:
                     return read
                 cursor = entries[-1][0]
-            found = await client.xread({key: cursor}, block=max(1, int(timeout * 1000)))
-            if not found:
-                if not await client.exists(key):
-                    return None
-                self._remember(reply_id, offset, cursor)
-                return LogRead("", offset)
-            return self._assemble(reply_id, found[0][1], offset)
+            if await wait_done(wake, timeout):
+                entries = await client.xrange(key, min=f"({cursor}")
+                if entries:
+                    return self._assemble(reply_id, entries, offset)
+            if not await client.exists(key):
+                return None
+            self._remember(reply_id, offset, cursor)
+            return LogRead("", offset)
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
 
@@ -334,28 +353,43 @@ class RedisReplyLog(ReplyLog):
         if state.listener is None:
             state.listener = asyncio.ensure_future(self._listen(state))
             state.heartbeat = asyncio.ensure_future(self._beat(state))
-        await asyncio.wait_for(state.subscribed.wait(), timeout=10)
+        if not state.subscribed.is_set():
+            try:
+                await asyncio.wait_for(state.subscribed.wait(), timeout=5)
+            except TimeoutError:
+                raise ReplyLogUnavailable() from None
 
     async def _listen(self, state: _LoopState) -> None:
         """Hear stop requests for every reply this process owns, reconnecting as needed."""
-        channel = f"{self.prefix}:stop"
         while True:
             pubsub = state.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(self.channel)
                 state.subscribed.set()
                 await self._check_missed_stops(state)
+                self._wake_all(state)  # anything may have been flushed while we were away
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None and message["type"] == "message":
-                        writer = state.writers.get(message["data"])
-                        if writer is not None:
-                            writer.stop.set()
+                        self._dispatch(state, message["data"])
             except (RedisError, OSError) as exc:
                 logger.warning("Stop subscription lost (%s); reconnecting.", exc)
                 await asyncio.sleep(0.5)
             finally:
                 await pubsub.aclose()
+
+    def _dispatch(self, state: _LoopState, event: str) -> None:
+        kind, _, reply_id = event.partition(":")
+        if kind == "t":
+            wake = state.waiters.pop(reply_id, None)
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+        elif kind == "s" and (writer := state.writers.get(reply_id)) is not None:
+            writer.stop.set()
+
+    def _wake_all(self, state: _LoopState) -> None:
+        for reply_id in list(state.waiters):
+            self._dispatch(state, f"t:{reply_id}")
 
     async def _check_missed_stops(self, state: _LoopState) -> None:
         """Stops published while the subscription was down are still in their keys."""
