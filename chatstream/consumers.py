@@ -27,21 +27,19 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from chatstream import turns
-from chatstream.conf import ChatstreamSettings, get_settings
+from chatstream import reading, turns
 from chatstream.exceptions import (
     BadRequest,
     ChatstreamError,
     InvalidOffset,
     NotFound,
     RateLimited,
-    ReplyLogUnavailable,
     ServiceUnavailable,
 )
-from chatstream.generation import final_record, recover
+from chatstream.generation import recover
 from chatstream.models import Conversation, Message, Role, Status
 from chatstream.ownership import Owner, aget_scope_owner
-from chatstream.replylog import LogRead, ReplyLog, get_reply_log
+from chatstream.replylog import get_reply_log
 from chatstream.serializers import message_payload
 
 logger = logging.getLogger(__name__)
@@ -233,7 +231,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if reply.status == Status.STREAMING:
             length = await get_reply_log().length(reply_id)
         if length is None:
-            reply = await _finished(reply_id)
+            reply = await reading.finished(reply_id)
             length = len(reply.content)
         if offset > length:
             raise InvalidOffset(f"The reply is only {length} characters long so far.")
@@ -321,37 +319,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             )
 
     async def _follow(self, reply_id: str, offset: int) -> None:
-        settings, log = get_settings(), get_reply_log()
-        # Counted in while following, on any worker: under the ``cancel`` disconnect
-        # policy a reply whose readers all left stops; under ``continue`` it goes on.
-        await log.reader_joined(reply_id)
-        try:
-            await self._pull(log, settings, reply_id, offset)
-        finally:
-            with contextlib.suppress(ReplyLogUnavailable):
-                await log.reader_left(reply_id)
-
-    async def _pull(
-        self, log: ReplyLog, settings: ChatstreamSettings, reply_id: str, offset: int
-    ) -> None:
-        while True:
-            read: LogRead | None = await log.read(reply_id, offset, settings.keepalive_interval)
-            silent = read is not None and not read.text and read.final is None
-            if silent and not await log.is_alive(reply_id):
-                read = None  # its owner died without writing a final record
-            if read is None:  # expired, or its owner died: the database has the word
-                message = await _finished(reply_id)
-                offset = await self._send_text(reply_id, message.content[offset:], offset)
-                await self._send_ending(reply_id, final_record(message), offset)
-                return
-            if read.text:
-                offset = await self._send_text(reply_id, read.text, offset)
-            if read.final is not None:
-                await self._send_ending(reply_id, read.final, offset)
-                return
-            if read.text and settings.flush_interval:
-                # Let deltas gather: a slow client then gets fewer, larger frames.
-                await asyncio.sleep(settings.flush_interval)
+        async with contextlib.aclosing(reading.follow(reply_id, offset)) as items:
+            async for item in items:
+                if isinstance(item, reading.Delta):
+                    await self._send_text(reply_id, item.text, item.end - len(item.text))
+                elif isinstance(item, reading.Ending):
+                    await self._send_ending(reply_id, item.final, item.end)
 
     async def _send_text(self, reply_id: str, text: str, offset: int) -> int:
         for start in range(0, len(text), MAX_FRAME_CHARS):
@@ -377,11 +350,3 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         text = frame if isinstance(frame, str) else _encode(frame)
         async with self._send_lock:
             await self.send(text_data=text)
-
-
-async def _finished(reply_id: str) -> Message:
-    """The reply once its log is gone: finalised by its generation, or recovered now."""
-    message = await Message.objects.aget(pk=reply_id)
-    if message.status == Status.STREAMING:
-        message = await recover(reply_id) or message
-    return message

@@ -8,7 +8,6 @@ log; the generation is never tied to the response.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -27,8 +26,8 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 
-from chatstream import sse, turns
-from chatstream.conf import ChatstreamSettings, get_settings
+from chatstream import reading, sse, turns
+from chatstream.conf import get_settings
 from chatstream.exceptions import (
     BadRequest,
     ChatstreamError,
@@ -39,11 +38,11 @@ from chatstream.exceptions import (
     NotFound,
     ReplyLogUnavailable,
 )
-from chatstream.generation import final_record, recover
+from chatstream.generation import recover
 from chatstream.http import EventStreamResponse, JsonErrorResponse
 from chatstream.models import Assistant, Conversation, Message, Role, Status
 from chatstream.ownership import Owner, aget_owner
-from chatstream.replylog import ReplyLog, get_reply_log
+from chatstream.replylog import get_reply_log
 from chatstream.serializers import conversation_payload, message_payload
 
 logger = logging.getLogger(__name__)
@@ -300,85 +299,41 @@ def _resume_offset(request: HttpRequest) -> int:
     return offset
 
 
-def _ending(final: Mapping[str, Any], offset: int) -> list[bytes]:
-    events = []
-    if final.get("error"):
-        events.append(sse.encode_json(final["error"], event="error"))
-    done = {key: final.get(key) for key in ("status", "finish_reason", "usage", "message")}
-    events.append(sse.encode_json(done, event="done", id=offset))
-    return events
+def _encode(item: reading.Item) -> list[bytes]:
+    if isinstance(item, reading.Delta):
+        return [sse.delta(item.text, item.end)]
+    if isinstance(item, reading.Ending):
+        events = []
+        if item.final.get("error"):
+            events.append(sse.encode_json(item.final["error"], event="error"))
+        done = {key: item.final.get(key) for key in ("status", "finish_reason", "usage", "message")}
+        return [*events, sse.encode_json(done, event="done", id=item.end)]
+    return [sse.comment("keepalive")]
 
 
-def _rest_of(message: Message, offset: int) -> list[bytes]:
-    """A finished reply from the database: exactly the text after ``offset``, then ``done``."""
-    events = []
-    if len(message.content) > offset:
-        events.append(sse.delta(message.content[offset:], len(message.content)))
-    return events + _ending(final_record(message), len(message.content))
-
-
-async def _finished(message_id: str) -> Message:
-    """The reply once its log is gone: finalised by its generation, or recovered now."""
-    message = await Message.objects.aget(pk=message_id)
-    if message.status == Status.STREAMING:
-        message = await recover(message_id) or message
-    return message
-
-
-async def _follow(message_id: str, offset: int) -> AsyncGenerator[bytes, None]:
-    settings, log = get_settings(), get_reply_log()
-    yield sse.retry(settings.retry_ms)
-    joined = False
-    try:
-        with contextlib.suppress(ReplyLogUnavailable):  # _pull reports it to the client
-            await log.reader_joined(message_id)
-            joined = True
-        async with contextlib.aclosing(_pull(log, settings, message_id, offset)) as events:
-            async for event in events:
-                yield event
-    finally:
-        if joined:
-            with contextlib.suppress(ReplyLogUnavailable):
-                await log.reader_left(message_id)
-
-
-async def _pull(
-    log: ReplyLog, settings: ChatstreamSettings, message_id: str, offset: int
-) -> AsyncGenerator[bytes, None]:
-    """The reader's loop: everything after ``offset`` as one frame, then ask again."""
-    while True:
-        try:
-            read = await log.read(message_id, offset, settings.keepalive_interval)
-            silent = read is not None and not read.text and read.final is None
-            if silent and not await log.is_alive(message_id):
-                read = None  # its owner died without writing a final record
-        except ReplyLogUnavailable as error:
-            # No done: the browser's EventSource reconnects and resumes from its offset.
-            yield sse.encode_json(error.as_dict(), event="error")
-            return
-        if read is None:  # expired, or its owner died: the database has the word
-            message = await _finished(message_id)
-            for event in _rest_of(message, offset):
-                yield event
-            return
-        if read.text:
-            offset = read.end
-            yield sse.delta(read.text, offset)
-        if read.final is not None:
-            for event in _ending(read.final, offset):
-                yield event
-            return
-        if not read.text:
-            yield sse.comment("keepalive")
-        elif settings.flush_interval:
-            # Let deltas gather: a slow client then gets fewer, larger frames.
-            await asyncio.sleep(settings.flush_interval)
-
-
-async def _replay(events: list[bytes]) -> AsyncGenerator[bytes, None]:
+async def _events(items: AsyncGenerator[reading.Item, None]) -> AsyncGenerator[bytes, None]:
     yield sse.retry(get_settings().retry_ms)
-    for event in events:
-        yield event
+    try:
+        async with contextlib.aclosing(items):
+            async for item in items:
+                for event in _encode(item):
+                    yield event
+    except ReplyLogUnavailable as error:
+        # No done: the browser's EventSource reconnects and resumes from its offset.
+        yield sse.encode_json(error.as_dict(), event="error")
+
+
+async def _replay(
+    items: list[reading.Delta | reading.Ending],
+) -> AsyncGenerator[reading.Item, None]:
+    for item in items:
+        yield item
+
+
+async def _unavailable(error: ReplyLogUnavailable) -> AsyncGenerator[bytes, None]:
+    # A 200 with an error event and no done: EventSource retries (it gives up on a 5xx).
+    yield sse.retry(get_settings().retry_ms)
+    yield sse.encode_json(error.as_dict(), event="error")
 
 
 @api_view("GET")
@@ -397,19 +352,18 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
         try:
             length = await get_reply_log().length(reply_id)
             if length is None:
-                message = await _finished(reply_id)
+                message = await reading.finished(reply_id)
         except ReplyLogUnavailable as error:
-            # A 200 with an error event and no done: EventSource retries (it gives up on a 5xx).
-            return EventStreamResponse(_replay([sse.encode_json(error.as_dict(), event="error")]))
+            return EventStreamResponse(_unavailable(error))
     if length is None:
         if offset > len(message.content):
             raise InvalidOffset(f"The reply is only {len(message.content)} characters long.")
-        return EventStreamResponse(_replay(_rest_of(message, offset)))
+        return EventStreamResponse(_events(_replay(reading.rest_of(message, offset))))
     if offset > length:
         raise InvalidOffset(f"The reply is only {length} characters long so far.")
     # The request's DB work is done: a stream may stay open for minutes, without a connection.
     await sync_to_async(connections.close_all)()
-    return EventStreamResponse(_follow(reply_id, offset))
+    return EventStreamResponse(_events(reading.follow(reply_id, offset)))
 
 
 def _database_answers() -> None:

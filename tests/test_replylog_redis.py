@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aredis
 
+from chatstream.replylog.base import ReplyLog
 from chatstream.replylog.redis import RedisReplyLog
 from tests.replylog_contract import ReplyLogContract, new_id
 
@@ -34,6 +36,54 @@ class TestRedisReplyLog(ReplyLogContract):
         log = RedisReplyLog(location=redis_url, options={"prefix": prefix}, ttl=0.05)
         yield log
         await log.aclose()
+
+
+class _TwoWorkers(ReplyLog):
+    """One log as two workers see it: the owner writes, another worker reads and stops."""
+
+    def __init__(self, owner: RedisReplyLog, other: RedisReplyLog) -> None:
+        super().__init__(location=owner.location)
+        self.owner, self.other = owner, other
+
+    async def open(self, reply_id: str) -> None:
+        await self.owner.open(reply_id)
+
+    async def append(self, reply_id: str, text: str) -> None:
+        await self.owner.append(reply_id, text)
+
+    async def finish(self, reply_id: str, final: Any) -> None:
+        await self.owner.finish(reply_id, final)
+
+    async def wait_stop(self, reply_id: str) -> None:
+        await self.owner.wait_stop(reply_id)
+
+    read = property(lambda self: self.other.read)
+    length = property(lambda self: self.other.length)
+    request_stop = property(lambda self: self.other.request_stop)
+    is_alive = property(lambda self: self.other.is_alive)
+    reader_joined = property(lambda self: self.other.reader_joined)
+    reader_left = property(lambda self: self.other.reader_left)
+    readers = property(lambda self: self.other.readers)
+    worker = property(lambda self: self.other.worker)
+
+
+class TestRedisReplyLogReadFromAnotherWorker(ReplyLogContract):
+    """The same contract when the reader is not the worker that generates."""
+
+    @pytest.fixture
+    async def log(self, redis_url: str, prefix: str) -> AsyncIterator[ReplyLog]:
+        owner, other = make_log(redis_url, prefix), make_log(redis_url, prefix)
+        yield _TwoWorkers(owner, other)
+        await owner.aclose()
+        await other.aclose()
+
+    @pytest.fixture
+    async def short_ttl_log(self, redis_url: str, prefix: str) -> AsyncIterator[ReplyLog]:
+        owner = RedisReplyLog(location=redis_url, options={"prefix": prefix}, ttl=0.05)
+        other = make_log(redis_url, prefix)
+        yield _TwoWorkers(owner, other)
+        await owner.aclose()
+        await other.aclose()
 
 
 @pytest.fixture

@@ -1,58 +1,26 @@
 """The in-process reply log: the embedded default (runserver, tests, one worker).
 
 Only the process that runs a generation can read it, so several workers need
-the Redis log. Memory per reply is bounded by its text: appends are kept as
-blocks that are merged as they accumulate, so a reply of many tiny deltas does
-not cost an object per token.
+the Redis log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 from collections.abc import Mapping
 from typing import Any
 
-from chatstream.replylog.base import LogRead, ReplyLog, wait_done
+from chatstream.replylog.base import LogRead, ReplyLog
+from chatstream.replylog.buffer import ReplyBuffer
 
-_MERGE_EVERY = 64
 
-
-class _Entry:
-    __slots__ = ("blocks", "ends", "sealed", "final", "changed", "stop", "readers")
+class _Entry(ReplyBuffer):
+    __slots__ = ("stop", "readers")
 
     def __init__(self) -> None:
-        self.blocks: list[str] = []
-        self.ends: list[int] = []  # ends[i]: the text's length after blocks[i]
-        self.sealed = 0  # blocks before this index are merged already
-        self.final: Mapping[str, Any] | None = None
-        self.changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        super().__init__()
         self.stop = asyncio.Event()
         self.readers = 0
-
-    @property
-    def length(self) -> int:
-        return self.ends[-1] if self.ends else 0
-
-    def append(self, text: str) -> None:
-        self.blocks.append(text)
-        self.ends.append(self.length + len(text))
-        if len(self.blocks) - self.sealed >= _MERGE_EVERY:
-            self.blocks[self.sealed :] = ["".join(self.blocks[self.sealed :])]
-            self.ends[self.sealed :] = [self.ends[-1]]
-            self.sealed += 1
-        self._wake()
-
-    def after(self, offset: int) -> str:
-        i = bisect.bisect_right(self.ends, offset)
-        if i >= len(self.blocks):
-            return ""
-        start = self.ends[i - 1] if i else 0
-        return self.blocks[i][offset - start :] + "".join(self.blocks[i + 1 :])
-
-    def _wake(self) -> None:
-        self.changed.set_result(None)
-        self.changed = self.changed.get_loop().create_future()
 
 
 class MemoryReplyLog(ReplyLog):
@@ -71,8 +39,7 @@ class MemoryReplyLog(ReplyLog):
         entry = self._entries.get(reply_id)
         if entry is None:
             return
-        entry.final = final
-        entry._wake()
+        entry.finish(final)
         asyncio.get_running_loop().call_later(self.ttl, self._expire, reply_id, entry)
 
     def _expire(self, reply_id: str, entry: _Entry) -> None:
@@ -83,14 +50,7 @@ class MemoryReplyLog(ReplyLog):
         entry = self._entries.get(reply_id)
         if entry is None:
             return None
-        if (
-            offset >= entry.length
-            and entry.final is None
-            and not await wait_done(entry.changed, timeout)
-        ):
-            return LogRead("", offset)
-        length = entry.length
-        return LogRead(entry.after(offset), length, entry.final)
+        return await entry.read(offset, timeout)
 
     async def length(self, reply_id: str) -> int | None:
         entry = self._entries.get(reply_id)

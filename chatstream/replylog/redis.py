@@ -17,6 +17,8 @@ a thousand open streams cost one Redis connection while they wait, not a thousan
 
 Appends are batched: text is buffered and written at most every
 ``batch_interval`` seconds per reply, so Redis work does not grow per token.
+Readers on the worker that generates a reply read its copy in memory; only
+readers on other workers go through Redis.
 Readers resume from an offset; the stream id where a read ended is remembered,
 so a reader's next read is an ``XRANGE`` from there, not a rescan.
 
@@ -40,6 +42,7 @@ from redis.exceptions import RedisError
 
 from chatstream.exceptions import ReplyLogUnavailable
 from chatstream.replylog.base import WORKER, LogRead, ReplyLog, wait_done
+from chatstream.replylog.buffer import ReplyBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +52,23 @@ _RETRY_DELAY = 0.5  # seconds between flush attempts while Redis is away
 
 
 class _Writer:
-    """The owner's side of one reply: buffered text, flushed in order."""
+    """The owner's side of one reply: buffered text, flushed in order.
+
+    ``local`` holds the whole text for readers on this worker (they never wait on
+    Redis) and for rewriting a log that vanished.
+    """
 
     def __init__(self, log: RedisReplyLog, state: _LoopState, reply_id: str) -> None:
         self.log, self.state, self.reply_id = log, state, reply_id
         self.pending: list[str] = []
-        self.text: list[str] = []  # everything flushed, to rewrite a vanished log
-        self.length = 0  # code points appended so far, flushed or not
+        self.local = ReplyBuffer()
         self.lock = asyncio.Lock()
         self.timer: asyncio.Task[None] | None = None
         self.stop = asyncio.Event()
 
     def add(self, text: str) -> None:
         self.pending.append(text)
-        self.length += len(text)
+        self.local.append(text)
         if self.timer is None:
             self.timer = asyncio.ensure_future(self._flush_later(self.log.batch_interval))
 
@@ -81,7 +87,7 @@ class _Writer:
             if not self.pending and final is None:
                 return
             # Taken before any await: appends made meanwhile go to the next flush.
-            chunk, end = "".join(self.pending), self.length
+            chunk, end = "".join(self.pending), self.local.length
             self.pending.clear()
             key = self.log.key("reply", self.reply_id)
             try:
@@ -93,15 +99,14 @@ class _Writer:
                     pipe.publish(self.log.channel, f"t:{self.reply_id}")
                     results = await pipe.execute()
                 if None in results:  # the stream vanished (Redis restarted): write it whole
-                    await self._rewrite(chunk, final)
+                    await self._rewrite(end, final)
             except BaseException:
                 self.pending.insert(0, chunk)
                 raise
-            self.text.append(chunk)
 
-    async def _rewrite(self, chunk: str, final: Mapping[str, Any] | None) -> None:
+    async def _rewrite(self, end: int, final: Mapping[str, Any] | None) -> None:
         key = self.log.key("reply", self.reply_id)
-        whole = "".join(self.text) + chunk
+        whole = self.local.after(0)[:end]
         async with self.state.client.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.xadd(key, {"t": whole, "e": len(whole)})
@@ -197,6 +202,7 @@ class RedisReplyLog(ReplyLog):
         writer = state.writers.pop(reply_id, None)
         try:
             if writer is not None:
+                writer.local.finish(final)  # this worker's readers end at once
                 writer.cancel_timer()
                 await writer.flush(final)
             else:  # finished by someone else (recovery): only the final record is new
@@ -274,6 +280,9 @@ class RedisReplyLog(ReplyLog):
             raise ReplyLogUnavailable() from exc
 
     async def length(self, reply_id: str) -> int | None:
+        writer = self._state.writers.get(reply_id)
+        if writer is not None:
+            return writer.local.length
         try:
             last = await self._state.client.xrevrange(self.key("reply", reply_id), count=1)
         except RedisError as exc:
@@ -282,6 +291,9 @@ class RedisReplyLog(ReplyLog):
 
     async def read(self, reply_id: str, offset: int, timeout: float) -> LogRead | None:
         state = self._state
+        writer = state.writers.get(reply_id)
+        if writer is not None:  # generated here: read this worker's own copy
+            return await writer.local.read(offset, timeout)
         client, key = state.client, self.key("reply", reply_id)
         try:
             await self._ensure_background(state)

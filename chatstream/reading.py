@@ -1,0 +1,96 @@
+"""One reader of one reply, whatever the transport (SSE response or WebSocket consumer).
+
+A reader pulls: it asks the log for everything after its offset, hands that over
+as one ``Delta``, and asks again only when the transport has sent it (and at least
+``FLUSH_INTERVAL`` later). A fast model and a slow client therefore make fewer,
+larger deltas; no send ever overlaps another. When the log is gone (expired, or
+its owner died) the database has the word, and the reader ends from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from chatstream.conf import get_settings
+from chatstream.exceptions import ReplyLogUnavailable
+from chatstream.generation import final_record, recover
+from chatstream.models import Message, Status
+from chatstream.replylog import get_reply_log
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+    end: int  # the reply's length after ``text``: the SSE id, the WebSocket offset
+
+
+@dataclass(frozen=True)
+class Ending:
+    final: Mapping[str, Any]  # the log's last record: status, error, message, ...
+    end: int
+
+
+#: Nothing happened for ``KEEPALIVE_INTERVAL`` seconds (SSE sends a comment).
+SILENCE = None
+
+Item = Delta | Ending | None
+
+
+async def finished(reply_id: str) -> Message:
+    """The reply once its log is gone: finalised by its generation, or recovered now."""
+    message = await Message.objects.aget(pk=reply_id)
+    if message.status == Status.STREAMING:
+        message = await recover(reply_id) or message
+    return message
+
+
+def rest_of(message: Message, offset: int) -> list[Delta | Ending]:
+    """A finished reply from the database: exactly the text after ``offset``, then the end."""
+    end = len(message.content)
+    items: list[Delta | Ending] = []
+    if end > offset:
+        items.append(Delta(message.content[offset:], end))
+    return [*items, Ending(final_record(message), end)]
+
+
+async def follow(reply_id: str, offset: int) -> AsyncGenerator[Item, None]:
+    """Everything after ``offset`` until the reply's ``Ending``.
+
+    Raises ``ReplyLogUnavailable`` when the log cannot be reached: the client
+    should resume from its offset later. The reader is counted in the log while
+    it follows, which the ``cancel`` disconnect policy watches.
+    """
+    settings, log = get_settings(), get_reply_log()
+    joined = False
+    try:
+        with contextlib.suppress(ReplyLogUnavailable):  # the first read reports it
+            await log.reader_joined(reply_id)
+            joined = True
+        while True:
+            read = await log.read(reply_id, offset, settings.keepalive_interval)
+            silent = read is not None and not read.text and read.final is None
+            if silent and not await log.is_alive(reply_id):
+                read = None  # its owner died without writing a final record
+            if read is None:
+                for item in rest_of(await finished(reply_id), offset):
+                    yield item
+                return
+            if read.text:
+                offset = read.end
+                yield Delta(read.text, offset)
+            if read.final is not None:
+                yield Ending(read.final, offset)
+                return
+            if not read.text:
+                yield SILENCE
+            elif settings.flush_interval:
+                # Let deltas gather: a slow client then gets fewer, larger frames.
+                await asyncio.sleep(settings.flush_interval)
+    finally:
+        if joined:
+            with contextlib.suppress(ReplyLogUnavailable):
+                await log.reader_left(reply_id)
