@@ -37,7 +37,7 @@ from chatstream.tokens import estimate_messages, estimate_tokens, tokens_for_len
 logger = logging.getLogger(__name__)
 
 _MERGE_EVERY = 64
-_PAUSE_EVERY = 0.01  # seconds of upstream reading between two yields to the loop
+_PAUSE_EVERY = 0.05  # seconds of upstream reading between two yields to the loop
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,15 @@ class _LoopState:
     """Per event loop: the client, owned replies, the stop subscription, the heartbeat."""
 
     def __init__(self, log: RedisReplyLog) -> None:
-        self.client = aredis.Redis.from_url(log.location, decode_responses=True)
+        # A blocking pool: under a burst, commands queue for a connection instead of
+        # failing with "Too many connections" (the plain pool's answer past its size).
+        pool = aredis.BlockingConnectionPool.from_url(
+            log.location,
+            decode_responses=True,
+            max_connections=log.max_connections,
+            timeout=log.pool_timeout,
+        )
+        self.client = aredis.Redis.from_pool(pool)
         self.writers: dict[str, _Writer] = {}
         # Readers' wake-ups by reply; a future lives while some reader waits on it.
         self.waiters: weakref.WeakValueDictionary[str, asyncio.Future[None]] = (
@@ -138,7 +146,8 @@ class _LoopState:
 
 
 class RedisReplyLog(ReplyLog):
-    """``OPTIONS``: ``prefix`` ("chatstream"), ``lease_ttl`` (10 s), ``batch_interval`` (0.02 s)."""
+    """``OPTIONS``: ``prefix`` ("chatstream"), ``lease_ttl`` (10 s), ``batch_interval``
+    (0.02 s), ``max_connections`` (200 per process) and ``pool_timeout`` (10 s)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -148,6 +157,8 @@ class RedisReplyLog(ReplyLog):
         self.lease_ttl = float(self.options.get("lease_ttl", 10))
         self.batch_interval = float(self.options.get("batch_interval", 0.02))
         self.channel = f"{self.prefix}:events"
+        self.max_connections = int(self.options.get("max_connections", 200))
+        self.pool_timeout = float(self.options.get("pool_timeout", 10))
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
