@@ -147,7 +147,7 @@ class _LoopState:
 
 class RedisReplyLog(ReplyLog):
     """``OPTIONS``: ``prefix`` ("chatstream"), ``lease_ttl`` (10 s), ``batch_interval``
-    (0.02 s), ``max_connections`` (200 per process) and ``pool_timeout`` (10 s)."""
+    (0.05 s), ``max_connections`` (200 per process) and ``pool_timeout`` (30 s)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -155,10 +155,10 @@ class RedisReplyLog(ReplyLog):
             raise ValueError("RedisReplyLog needs a LOCATION (a redis:// URL).")
         self.prefix = str(self.options.get("prefix", "chatstream"))
         self.lease_ttl = float(self.options.get("lease_ttl", 10))
-        self.batch_interval = float(self.options.get("batch_interval", 0.02))
+        self.batch_interval = float(self.options.get("batch_interval", 0.05))
         self.channel = f"{self.prefix}:events"
         self.max_connections = int(self.options.get("max_connections", 200))
-        self.pool_timeout = float(self.options.get("pool_timeout", 10))
+        self.pool_timeout = float(self.options.get("pool_timeout", 30))
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
