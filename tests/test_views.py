@@ -360,3 +360,21 @@ async def test_continue_policy_finishes_a_reply_nobody_reads() -> None:
         await finish(started)
     reply = await Message.objects.aget(pk=started["assistant_message"]["id"])
     assert reply.status == "complete"
+
+
+async def test_every_url_the_app_emits_follows_its_prefix() -> None:
+    with override_settings(ROOT_URLCONF="tests.prefixed_urls"):
+        client = AsyncClient()
+        page = await client.get("/chat/")
+        response = await post(client, "/chat/api/conversations/", {})
+        conversation = response.json()["id"]
+        started = await post(
+            client, f"/chat/api/conversations/{conversation}/messages/", {"content": "hi"}
+        )
+        await finish(started.json())
+        text, events = await stream_text(client, started.json()["stream_url"])
+        unknown = await client.get("/chat/api/nothing/")
+    assert b'data-api-root="/chat/api/conversations/"' in page.content
+    assert started.json()["stream_url"].startswith("/chat/api/messages/")
+    assert events[-1].event == "done" and text
+    assert unknown.status_code == 404 and error_of(unknown) == "not_found"
