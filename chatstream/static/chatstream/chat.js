@@ -524,8 +524,10 @@ async function loadAssistants() {
   state.demoModels = new Set(assistants.filter((a) => a.is_demo).map((a) => a.model));
   const select = $("assistant");
   select.replaceChildren(...assistants.map((a) => {
-    const label = a.is_demo ? `${a.name} — offline demo` : `${a.name} · ${a.model}`;
-    return new Option(label, a.slug, a.is_default, a.is_default);
+    // The name alone fits a phone's header; the model is in the tooltip and each reply's details.
+    const option = new Option(a.is_demo ? `${a.name} — offline demo` : a.name, a.slug, a.is_default, a.is_default);
+    option.title = a.model;
+    return option;
   }));
   select.disabled = assistants.length < 2;
   select.addEventListener("change", async () => {
