@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
 from django.db import connection, connections
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
 from django.urls import reverse
@@ -162,15 +162,20 @@ def _started(user_message: Message, reply: Message) -> JsonResponse:
 
 
 @ensure_csrf_cookie
-def page(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
-    settings = get_settings()
-    signed_in = request.user.is_authenticated
+async def page(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
+    user = await request.auser()
+    can_chat = user.is_authenticated or get_settings().allow_anonymous
+    if conversation_id is not None and can_chat:
+        # Someone else's conversation is a 404 here too, as on every endpoint.
+        owner = await aget_owner(request)
+        if not await Conversation.objects.filter(owner.of(), pk=conversation_id).aexists():
+            raise Http404("No such conversation.")
     response = render(
         request,
         "chatstream/chat.html",
         {
             "conversation_id": str(conversation_id) if conversation_id else "",
-            "can_chat": signed_in or settings.allow_anonymous,
+            "can_chat": can_chat,
             "api_root": reverse("chatstream:conversations"),
         },
     )

@@ -378,3 +378,15 @@ async def test_every_url_the_app_emits_follows_its_prefix() -> None:
     assert started.json()["stream_url"].startswith("/chat/api/messages/")
     assert events[-1].event == "done" and text
     assert unknown.status_code == 404 and error_of(unknown) == "not_found"
+
+
+async def test_chat_page_of_someone_elses_conversation_is_404() -> None:
+    owner, stranger = AsyncClient(), AsyncClient()
+    conversation = await new_conversation(owner)
+    mine = await owner.get(f"/c/{conversation}/")
+    theirs = await stranger.get(f"/c/{conversation}/")
+    missing = await owner.get("/c/00000000-0000-0000-0000-000000000000/")
+    assert mine.status_code == 200
+    assert f'data-conversation="{conversation}"'.encode() in mine.content
+    assert mine["Content-Security-Policy"].startswith("default-src 'self'")
+    assert theirs.status_code == missing.status_code == 404
