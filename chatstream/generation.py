@@ -109,7 +109,7 @@ async def finalise(reply_id: str, fields: Mapping[str, Any], log: ReplyLog) -> M
     if message is not None:
         await log.finish(reply_id, final_record(message))
     if won and message is not None:
-        fields = {
+        line = {
             "reply": reply_id,
             "assistant": message.assistant_id,
             "model": message.model,
@@ -123,7 +123,7 @@ async def finalise(reply_id: str, fields: Mapping[str, Any], log: ReplyLog) -> M
             "error": message.error_code or None,
         }
         # One line per reply, never its text: operators grep and parse these.
-        logger.info("reply finished %s", json.dumps(fields), extra={"chatstream": fields})
+        logger.info("reply finished %s", json.dumps(line), extra={"chatstream": line})
         for receiver, result in await reply_finished.asend_robust(sender=Message, message=message):
             if isinstance(result, Exception):
                 logger.error("reply_finished receiver %r failed", receiver, exc_info=result)
