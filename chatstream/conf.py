@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from django.conf import settings as django_settings
@@ -21,7 +21,6 @@ from chatstream.providers.base import Provider
 
 DEMO_BACKEND = "chatstream.providers.demo.DemoProvider"
 MEMORY_LOG_BACKEND = "chatstream.replylog.memory.MemoryReplyLog"
-REDIS_LOG_BACKEND = "chatstream.replylog.redis.RedisReplyLog"
 
 DEFAULTS: dict[str, Any] = {
     # name -> {"BACKEND": dotted path, "OPTIONS": client kwargs, "MODEL": default model}
@@ -98,7 +97,6 @@ class ChatstreamSettings:
     daily_token_quota: int
     shutdown_grace: float
     cache_alias: str
-    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     def connection(self, name: str) -> Connection:
         try:
@@ -199,7 +197,6 @@ def build(user: Mapping[str, Any] | None) -> ChatstreamSettings:
         daily_token_quota=int(merged["DAILY_TOKEN_QUOTA"]),
         shutdown_grace=float(merged["SHUTDOWN_GRACE"]),
         cache_alias=str(merged["CACHE_ALIAS"]),
-        raw=merged,
     )
 
 

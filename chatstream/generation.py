@@ -45,7 +45,6 @@ class ReplySpec:
     """Everything a generation needs, gathered by the view before the 201 is sent."""
 
     reply_id: str
-    conversation_id: str
     connection: str
     request: ChatRequest
     owner_key: str = ""
@@ -292,9 +291,6 @@ class GenerationRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
-
-    def __contains__(self, reply_id: str) -> bool:
-        return reply_id in self._tasks
 
     async def start(self, spec: ReplySpec) -> None:
         """Open the reply's log, then run it; the log exists before this returns."""

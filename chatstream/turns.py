@@ -219,9 +219,7 @@ async def _begin(
         max_tokens=assistant.max_output_tokens if assistant else None,
     )
     try:
-        await registry.start(
-            ReplySpec(str(reply.pk), str(conversation.pk), connection, request, owner.key, budget)
-        )
+        await registry.start(ReplySpec(str(reply.pk), connection, request, owner.key, budget))
     except Exception as exc:
         # Nothing half-started may stay behind: the reply would block the conversation.
         await sync_to_async(undo)(question, reply)
