@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,7 @@ class Sizes:
     setup_streams: int = 300
     setup_concurrency: int = 8
     idle_streams: int = 600
-    idle_delay: float = 25.0
+    idle_delay: float = 60.0
     nonreading: int = 20
     nonreading_tokens: int = 3000
     nonreading_hold: float = 8.0
@@ -111,9 +111,14 @@ def pinned(core: int | None, command: list[str]) -> list[str]:
 
 def proc_cpu(pid: int) -> float:
     """utime + stime of every thread of ``pid``, in seconds."""
+    return sum(proc_times(pid))
+
+
+def proc_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of every thread of ``pid``, in seconds."""
     with open(f"/proc/{pid}/stat") as file:
         fields = file.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def proc_rss_kb(pid: int) -> int:
@@ -230,9 +235,6 @@ class Server:
         assert self.process is not None
         return self.process.pid
 
-    def cpu(self) -> float:
-        return proc_cpu(self.pid)
-
     def rss_kb(self) -> int:
         return proc_rss_kb(self.pid)
 
@@ -290,6 +292,7 @@ class Bench:
     redis_url: str = ""
     redis_pid: int | None = None
     profile: bool = False
+    py_spy: bool = False
     tracemalloc: bool = False
     runs: list[dict[str, Any]] = field(default_factory=list)
     counter: int = 0
@@ -314,6 +317,21 @@ class Bench:
         if self.tracemalloc:
             env["PYTHONTRACEMALLOC"] = "1"
         return env
+
+    @contextlib.contextmanager
+    def sampled(self, server: Server, out: Path) -> Iterator[None]:
+        """Samples every thread of the server with py-spy while a scenario runs."""
+        if not self.py_spy:
+            yield
+            return
+        command = ["py-spy", "record", "--pid", str(server.pid), "--nonblocking"]
+        command += ["--rate", "250", "--gil", "--format", "raw", "--output", str(out)]
+        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=30)
 
     def new_server(self, kind: str, redis_url: str = "", profile: Path | None = None) -> Server:
         self.counter += 1
@@ -345,7 +363,8 @@ class Bench:
             target = Target(server.port, variant)
             await self.warm_up(target)
             redis_cpu = proc_cpu(self.redis_pid) if redis and self.redis_pid else None
-            record.update(await asyncio.wait_for(body(target, server), 600))
+            with self.sampled(server, out.with_suffix(".txt")):
+                record.update(await asyncio.wait_for(body(target, server), 600))
             if redis_cpu is not None and record.get("tokens"):
                 assert self.redis_pid is not None
                 used = proc_cpu(self.redis_pid) - redis_cpu
@@ -376,19 +395,23 @@ class Bench:
     ) -> tuple[dict[str, Any], list[StreamResult]]:
         """Server CPU, RSS and DB writes around ``load``."""
         writes_before = (await target.get_json("/bench/stats/"))[1]["writes"]
-        cpu_before = server.cpu()
+        user_before, system_before = proc_times(server.pid)
         client_before = _own_cpu() + proc_cpu(self.upstream.process.pid)
         async with RssSampler(server.pid) as rss:
             began = time.monotonic()
             results = await load()
             wall = time.monotonic() - began
-        cpu = server.cpu() - cpu_before
+        user, system = proc_times(server.pid)
+        user, system = user - user_before, system - system_before
+        cpu = user + system
         client = _own_cpu() + proc_cpu(self.upstream.process.pid) - client_before
         writes_after = (await target.get_json("/bench/stats/"))[1]["writes"]
         writes = Counter(writes_after)
         writes.subtract(writes_before)
         return {
             "server_cpu_s": round(cpu, 3),
+            # The kernel's share: thread switches, socket and file calls.
+            "server_system_share": round(system / cpu, 2) if cpu else None,
             "wall_s": round(wall, 2),
             "rss_start_mb": round(rss.start / 1024, 1),
             "rss_peak_mb": round(rss.peak / 1024, 1),
@@ -987,6 +1010,12 @@ def main() -> None:
         help="run chatstream servers under cProfile (slower; bench/results/profile-*.prof)",
     )
     parser.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="sample every server thread with py-spy during each scenario "
+        "(bench/results/profile-*.txt, collapsed stacks)",
+    )
+    parser.add_argument(
         "--tracemalloc",
         action="store_true",
         help="trace the idle scenario's allocations (slow; bench/results/allocations-*.json)",
@@ -997,6 +1026,8 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     if args.streams:
         sizes = dataclasses.replace(sizes, streams=tuple(int(n) for n in args.streams.split(",")))
+    if args.tracemalloc:  # set-up is several times slower while every allocation is traced
+        sizes = dataclasses.replace(sizes, idle_delay=sizes.idle_delay * 4)
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
@@ -1019,7 +1050,7 @@ def main() -> None:
         bench = Bench(
             sizes, workdir, template, owners, upstream, server_core,
             redis_url=redis_url, redis_pid=redis.process.pid if redis else None,
-            profile=args.profile, tracemalloc=args.tracemalloc,
+            profile=args.profile, py_spy=args.py_spy, tracemalloc=args.tracemalloc,
         )  # fmt: skip
         for repeat in range(args.repeat):
             if args.repeat > 1:
