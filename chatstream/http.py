@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from asgiref.sync import SyncToAsync
 from django.http import JsonResponse, StreamingHttpResponse
 
 from chatstream.exceptions import ChatstreamError, MethodNotAllowed, RateLimited
@@ -17,6 +18,9 @@ class EventStreamResponse(StreamingHttpResponse):
     the view's async generator, so its ``finally`` would wait for garbage
     collection. Wrapping middleware may replace ``streaming_content``, so we keep
     our own reference to the generator we must close.
+
+    Once the body streams, the request's worker thread has nothing left to do:
+    it is let go rather than kept idle for the minutes a stream may stay open.
     """
 
     def __init__(self, events: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
@@ -26,6 +30,7 @@ class EventStreamResponse(StreamingHttpResponse):
         self["X-Accel-Buffering"] = "no"
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        release_request_thread()
         content = self.streaming_content
         try:
             async for part in content:
@@ -33,6 +38,22 @@ class EventStreamResponse(StreamingHttpResponse):
         finally:
             await content.aclose()
             await self._events.aclose()
+
+
+def release_request_thread() -> None:
+    """Shut down the idle worker thread of the current request's thread-sensitive context.
+
+    Django's ASGI handler gives each request a ``ThreadSensitiveContext``, whose
+    worker thread lives as long as the request: for a stream that is one idle
+    thread (and its stack) per open connection. A later sync call in the same
+    request (closing the response, say) starts a new thread as needed.
+    """
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    if context is None or getattr(context, "_executor", None) is not None:
+        return  # no context, or one whose executor belongs to its creator
+    executor = SyncToAsync.context_to_thread_executor.pop(context, None)
+    if executor is not None:
+        executor.shutdown(wait=False)
 
 
 class JsonErrorResponse(JsonResponse):

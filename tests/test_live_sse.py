@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -305,3 +305,35 @@ def test_regenerate_with_a_seeded_assistant_streams_a_new_reply(
     assert again["assistant_message"]["id"] != started["assistant_message"]["id"]
     assert text_of(events) == "one two"
     assert len(fake_openai.requests_for(trigger)) == 2
+
+
+def server_threads(server: LiveServer) -> int:
+    assert server.process is not None
+    with open(f"/proc/{server.process.pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+def test_an_open_stream_keeps_no_thread_of_its_own(
+    asgi_server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    """Django keeps a worker thread per request; a stream lets its go once it streams."""
+    count = 12
+    trigger = fake_openai.script(unique("idle"), Script(tokens=["a", "b"], interval=30))
+    clients = [asgi_server.client() for _ in range(count + 1)]
+    streams: list[tuple[ApiClient, str, Iterator[Event]]] = []
+    try:
+        for client in clients:
+            started = client.start(trigger)
+            events = client.events(started["stream_url"])
+            assert next(events).data == {"text": "a"}  # open, and idle from here on
+            streams.append((client, started["assistant_message"]["id"], events))
+            if len(streams) == 1:
+                before = server_threads(asgi_server)
+        grown = server_threads(asgi_server) - before
+        assert grown < count // 2, f"{grown} more threads for {count} more open streams"
+    finally:
+        for client, reply_id, events in streams:
+            client.call("POST", f"/api/messages/{reply_id}/stop/")
+            events.close()
+        for client in clients:
+            client.close()
