@@ -296,7 +296,7 @@ class GenerationRegistry:
         """Open the reply's log, then run it; the log exists before this returns."""
         settings = get_settings()
         log = get_reply_log()
-        await log.open(spec.reply_id)
+        await log.open(spec.reply_id, spec.owner_key)
         generation = Generation(spec, log, settings)
         # A fresh context: the request's thread-sensitive context would otherwise pin
         # the task's ORM calls to a thread (and DB connection) that outlives the request.

@@ -341,18 +341,34 @@ async def _unavailable(error: ReplyLogUnavailable) -> AsyncGenerator[bytes, None
     yield sse.encode_json(error.as_dict(), event="error")
 
 
+async def _own_live_length(owner: Owner, reply_id: str) -> int | None:
+    """The reply's length if its log holds it for this owner, else ``None``.
+
+    Most streams start while their reply is live: they then need no database.
+    """
+    log = get_reply_log()
+    try:
+        if await log.owner(reply_id) != owner.key:
+            return None
+        return await log.length(reply_id)
+    except ReplyLogUnavailable:
+        return None  # the database path below answers (and reports it)
+
+
 @api_view("GET")
 async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
     owner = await aget_owner(request)
-    message = await _message(owner, message_id)
-    if message.role != Role.ASSISTANT:
-        raise NotFound("No such reply.")
+    reply_id = str(_uuid(message_id))
     offset = _resume_offset(request)
-    reply_id = str(message.id)
     # Compressing middleware (GZipMiddleware and kin) reads Accept-Encoding when the
     # response passes; without it they leave the stream alone, unbuffered.
     request.META.pop("HTTP_ACCEPT_ENCODING", None)
-    length = None
+    length = await _own_live_length(owner, reply_id)
+    if length is not None:
+        return await _follow(reply_id, offset, length)
+    message = await _message(owner, message_id)
+    if message.role != Role.ASSISTANT:
+        raise NotFound("No such reply.")
     if message.status == Status.STREAMING:
         try:
             length = await get_reply_log().length(reply_id)
@@ -364,6 +380,10 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
         if offset > len(message.content):
             raise InvalidOffset(f"The reply is only {len(message.content)} characters long.")
         return EventStreamResponse(_events(_replay(reading.rest_of(message, offset))))
+    return await _follow(reply_id, offset, length)
+
+
+async def _follow(reply_id: str, offset: int, length: int) -> HttpResponse:
     if offset > length:
         raise InvalidOffset(f"The reply is only {length} characters long so far.")
     # The request's DB work is done: a stream may stay open for minutes, without a connection.

@@ -91,6 +91,17 @@ class ReplyLogContract:
         assert await log.length(reply) is None
         assert not await log.is_alive(reply)
 
+    async def test_the_owner_it_was_opened_for_is_kept(self, log: ReplyLog) -> None:
+        mine, anonymous = new_id(), new_id()
+        await log.open(mine, "u:7")
+        await log.open(anonymous)
+        await log.append(mine, "text")
+        assert await log.owner(mine) == "u:7"
+        assert await log.owner(anonymous) == ""
+        assert await log.owner(new_id()) is None
+        await log.finish(mine, {"status": "complete"})
+        assert await log.owner(mine) == "u:7"  # until the log expires
+
     async def test_open_reply_is_alive(self, log: ReplyLog) -> None:
         reply = new_id()
         await log.open(reply)

@@ -43,22 +43,23 @@ class _TwoWorkers(ReplyLog):
 
     def __init__(self, owner: RedisReplyLog, other: RedisReplyLog) -> None:
         super().__init__(location=owner.location)
-        self.owner, self.other = owner, other
+        self.writer, self.other = owner, other
 
-    async def open(self, reply_id: str) -> None:
-        await self.owner.open(reply_id)
+    async def open(self, reply_id: str, owner: str = "") -> None:
+        await self.writer.open(reply_id, owner)
 
     async def append(self, reply_id: str, text: str) -> None:
-        await self.owner.append(reply_id, text)
+        await self.writer.append(reply_id, text)
 
     async def finish(self, reply_id: str, final: Any) -> None:
-        await self.owner.finish(reply_id, final)
+        await self.writer.finish(reply_id, final)
 
     async def wait_stop(self, reply_id: str) -> None:
-        await self.owner.wait_stop(reply_id)
+        await self.writer.wait_stop(reply_id)
 
     read = property(lambda self: self.other.read)
     length = property(lambda self: self.other.length)
+    owner = property(lambda self: self.other.owner)
     request_stop = property(lambda self: self.other.request_stop)
     is_alive = property(lambda self: self.other.is_alive)
     reader_joined = property(lambda self: self.other.reader_joined)
@@ -165,9 +166,9 @@ async def test_lease_lapses_when_the_owner_is_gone(
 
 
 async def test_log_that_vanished_is_rewritten_whole(redis_url: str, prefix: str) -> None:
-    log = make_log(redis_url, prefix, batch_interval=0.01)
+    log, other = make_log(redis_url, prefix, batch_interval=0.01), make_log(redis_url, prefix)
     reply = new_id()
-    await log.open(reply)
+    await log.open(reply, "a:visitor")
     await log.append(reply, "before ")
     await asyncio.sleep(0.1)
     client = aredis.Redis.from_url(redis_url)
@@ -176,5 +177,8 @@ async def test_log_that_vanished_is_rewritten_whole(redis_url: str, prefix: str)
     await log.append(reply, "after")
     await log.finish(reply, {"status": "complete"})
     read = await log.read(reply, 0, 0)
+    owner = await other.owner(reply)  # another worker reads it from Redis
     await log.aclose()
+    await other.aclose()
     assert (read.text, read.final) == ("before after", {"status": "complete"})
+    assert owner == "a:visitor"

@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 
 from chatstream.generation import registry
@@ -271,6 +272,32 @@ async def test_stream_of_a_user_message_is_404() -> None:
     await finish(started)
     response = await client.get(f"/api/messages/{started['user_message']['id']}/stream/")
     assert response.status_code == 404
+
+
+async def test_a_live_reply_streams_to_its_owner_without_reading_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[str] = []
+    original = CursorWrapper._execute_with_wrappers
+
+    def recording(self: CursorWrapper, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if sql.lstrip().upper().startswith("SELECT") and "chatstream_message" in sql:
+            reads.append(sql)
+        return original(self, sql, *args, **kwargs)
+
+    with override_settings(CHATSTREAM=SLOW_DEMO):
+        owner, stranger = AsyncClient(), AsyncClient()
+        started = await send(owner, await new_conversation(owner))
+        await new_conversation(stranger)  # a visitor with an owner id of their own
+        monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", recording)
+        response = await owner.get(started["stream_url"])
+        assert (response.status_code, reads) == (200, [])
+        # Someone else asking for it is answered from the database: not theirs.
+        assert (await stranger.get(started["stream_url"])).status_code == 404
+        assert reads
+        await post(owner, f"/api/messages/{started['assistant_message']['id']}/stop/")
+        body = b"".join([part async for part in response.streaming_content])
+    assert b"event: done" in body
 
 
 async def test_finished_reply_is_served_from_the_database_after_the_log_expires() -> None:

@@ -64,8 +64,12 @@ class ReplyLog(abc.ABC):
         self.ttl = ttl
 
     @abc.abstractmethod
-    async def open(self, reply_id: str) -> None:
-        """Start an empty log owned by this process; called before the 201 is sent."""
+    async def open(self, reply_id: str, owner: str = "") -> None:
+        """Start an empty log owned by this process; called before the 201 is sent.
+
+        ``owner`` is the key of whoever asked for the reply (``Owner.key``): a
+        stream of theirs can then start without asking the database.
+        """
 
     @abc.abstractmethod
     async def append(self, reply_id: str, text: str) -> None:
@@ -86,6 +90,10 @@ class ReplyLog(abc.ABC):
     @abc.abstractmethod
     async def length(self, reply_id: str) -> int | None:
         """The text's current length, or ``None`` without a log."""
+
+    @abc.abstractmethod
+    async def owner(self, reply_id: str) -> str | None:
+        """The ``owner`` the log was opened for, or ``None`` without a log."""
 
     @abc.abstractmethod
     async def request_stop(self, reply_id: str) -> None:

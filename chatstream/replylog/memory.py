@@ -15,12 +15,13 @@ from chatstream.replylog.buffer import ReplyBuffer
 
 
 class _Entry(ReplyBuffer):
-    __slots__ = ("stop", "readers")
+    __slots__ = ("stop", "readers", "owner")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str) -> None:
         super().__init__()
         self.stop = asyncio.Event()
         self.readers = 0
+        self.owner = owner
 
 
 class MemoryReplyLog(ReplyLog):
@@ -28,8 +29,8 @@ class MemoryReplyLog(ReplyLog):
         super().__init__(**kwargs)
         self._entries: dict[str, _Entry] = {}
 
-    async def open(self, reply_id: str) -> None:
-        self._entries[reply_id] = _Entry()
+    async def open(self, reply_id: str, owner: str = "") -> None:
+        self._entries[reply_id] = _Entry(owner)
 
     async def append(self, reply_id: str, text: str) -> None:
         if text:
@@ -55,6 +56,10 @@ class MemoryReplyLog(ReplyLog):
     async def length(self, reply_id: str) -> int | None:
         entry = self._entries.get(reply_id)
         return None if entry is None else entry.length
+
+    async def owner(self, reply_id: str) -> str | None:
+        entry = self._entries.get(reply_id)
+        return None if entry is None else entry.owner
 
     async def request_stop(self, reply_id: str) -> None:
         entry = self._entries.get(reply_id)

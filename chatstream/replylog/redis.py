@@ -58,8 +58,8 @@ class _Writer:
     Redis) and for rewriting a log that vanished.
     """
 
-    def __init__(self, log: RedisReplyLog, state: _LoopState, reply_id: str) -> None:
-        self.log, self.state, self.reply_id = log, state, reply_id
+    def __init__(self, log: RedisReplyLog, state: _LoopState, reply_id: str, owner: str) -> None:
+        self.log, self.state, self.reply_id, self.owner = log, state, reply_id, owner
         self.pending: list[str] = []
         self.local = ReplyBuffer()
         self.lock = asyncio.Lock()
@@ -109,7 +109,7 @@ class _Writer:
         whole = self.local.after(0)[:end]
         async with self.state.client.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            pipe.xadd(key, {"t": whole, "e": len(whole)})
+            pipe.xadd(key, {"t": whole, "e": len(whole), "o": self.owner})
             if final is not None:
                 pipe.xadd(key, {"e": len(whole), "f": json.dumps(final)})
             pipe.expire(key, _ORPHAN_TTL)
@@ -177,20 +177,20 @@ class RedisReplyLog(ReplyLog):
 
     # --- the owner's side -------------------------------------------------------
 
-    async def open(self, reply_id: str) -> None:
+    async def open(self, reply_id: str, owner: str = "") -> None:
         state = self._state
         await self._ensure_background(state)
         key = self.key("reply", reply_id)
         try:
             async with state.client.pipeline(transaction=True) as pipe:
                 pipe.delete(key, self.key("stop", reply_id))
-                pipe.xadd(key, {"t": "", "e": 0})
+                pipe.xadd(key, {"t": "", "e": 0, "o": owner})  # the owner rides on entry one
                 pipe.expire(key, _ORPHAN_TTL)
                 pipe.set(self.key("lease", reply_id), WORKER, px=self._lease_ms)
                 await pipe.execute()
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
-        state.writers[reply_id] = _Writer(self, state, reply_id)
+        state.writers[reply_id] = _Writer(self, state, reply_id, owner)
 
     async def ping(self) -> None:
         try:
@@ -299,6 +299,16 @@ class RedisReplyLog(ReplyLog):
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
         return int(last[0][1]["e"]) if last else None
+
+    async def owner(self, reply_id: str) -> str | None:
+        writer = self._state.writers.get(reply_id)
+        if writer is not None:
+            return writer.owner
+        try:
+            first = await self._state.client.xrange(self.key("reply", reply_id), count=1)
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
+        return first[0][1].get("o", "") if first else None
 
     async def read(self, reply_id: str, offset: int, timeout: float) -> LogRead | None:
         state = self._state
