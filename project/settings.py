@@ -91,10 +91,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
 
-# Every API request reads its session (it says who owns what): from the cache, falling
-# back to the database, which keeps them.
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
-
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     CACHES = {
