@@ -110,7 +110,7 @@ else:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-            # Sessions and per-owner limits live here: room for more than 300 visitors.
+            # Per-owner limit counters live here: room for more than 300 owners.
             "OPTIONS": {"MAX_ENTRIES": 20_000},
         }
     }
