@@ -35,6 +35,8 @@ class Script:
     azure: bool = False  # Azure's shapes: prompt_filter_results first, filter results
     split_bytes: bool = False  # write each event in two halves, splitting UTF-8 sequences
     reject_stream_options: bool = False  # 400 when stream_options is sent
+    keep_alive: bool = False  # keep the connection for the next request, as real servers do
+    hold_after_done: float = 0.0  # seconds between "data: [DONE]" and the body's end
 
     @property
     def text(self) -> str:
@@ -65,6 +67,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.scripts: dict[str, Script] = {}
         self.requests: list[Request] = []
+        self.connections = 0  # accepted so far
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -125,11 +128,16 @@ class FakeOpenAI:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = None
+        with self._lock:
+            self.connections += 1
         try:
-            request = await self._read_request(reader)
-            if request is None:
-                return
-            await self._respond(request, reader, writer)
+            while True:
+                request = await self._read_request(reader)
+                if request is None:
+                    return
+                await self._respond(request, reader, writer)
+                if not (request.script.keep_alive and request.completed):
+                    return
         except (ConnectionError, asyncio.IncompleteReadError):
             if request is not None and not request.completed:
                 request.closed_early = True
@@ -185,12 +193,16 @@ class FakeOpenAI:
         if not request.body.get("stream"):
             request.completed = True
             return await _send_json(writer, 200, _completion(request))
+        connection = b"keep-alive" if script.keep_alive else b"close"
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: %s\r\n\r\n" % connection
         )
         await writer.drain()
-        gone = asyncio.ensure_future(reader.read(1))  # b"" once the client hangs up
+        if script.keep_alive:  # the next request's bytes must stay unread
+            gone: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        else:
+            gone = asyncio.ensure_future(reader.read(1))  # b"" once the client hangs up
         try:
             await self._stream(request, writer, gone)
         finally:
@@ -279,6 +291,7 @@ class FakeOpenAI:
             )
         if script.done:
             await send("[DONE]")
+            await pause(script.hold_after_done)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         request.completed = True

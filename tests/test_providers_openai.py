@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -156,6 +157,31 @@ async def test_closing_the_stream_early_closes_the_upstream_request(
     upstream = fake_openai.wait_request(prompt)
     assert upstream.ended_event.wait(10)
     assert upstream.closed_early and not upstream.completed
+
+
+async def test_replies_reuse_one_upstream_connection(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    """The body is read to its end after [DONE], so the connection goes back to the pool."""
+    prompts = [trigger(fake_openai, Script(tokens=[f"r{i}"], keep_alive=True)) for i in range(3)]
+    before = fake_openai.connections
+    try:
+        texts = []
+        for prompt in prompts:
+            texts.append("".join([c.text async for c in provider.stream(request_for(prompt))]))
+    finally:
+        await provider.aclose()
+    assert texts == ["r0", "r1", "r2"]
+    assert fake_openai.connections - before == 1
+
+
+async def test_a_body_held_open_after_done_does_not_hold_the_reply(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    prompt = trigger(fake_openai, Script(tokens=["held"], hold_after_done=60))
+    chunks = await asyncio.wait_for(collect(provider, prompt), 30)
+    assert "".join(c.text for c in chunks) == "held"
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
 
 
 async def test_azure_deployment_path_key_header_and_chunk_shapes(fake_openai: FakeOpenAI) -> None:

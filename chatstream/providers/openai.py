@@ -9,6 +9,7 @@ handling) and parse the raw lines ourselves, so ``[DONE]``, in-stream
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -26,6 +27,7 @@ from chatstream.providers.base import ChatRequest, Chunk, Provider, Usage
 logger = logging.getLogger(__name__)
 
 _DEFAULT_TIMEOUT = httpx2.Timeout(120.0, connect=10.0)
+_DRAIN_TIMEOUT = 2.0  # seconds to wait for a body's end after [DONE]
 
 # Fixed, safe texts: an upstream's own message may echo part of a key or a prompt.
 _STATUS_ERRORS = {
@@ -155,8 +157,9 @@ class OpenAIProvider(Provider):
         # Lines are split as bytes: "\n" never occurs inside a UTF-8 sequence, and
         # json.loads decodes UTF-8 itself, so the text and line decoders are skipped.
         pending = b""
+        body = response.http_response.aiter_bytes()
         try:
-            async for data in response.http_response.aiter_bytes():
+            async for data in body:
                 lines = (pending + data).split(b"\n")
                 pending = lines.pop()
                 for line in lines:
@@ -164,6 +167,7 @@ class OpenAIProvider(Provider):
                         continue  # blank separators, comments, "event:" lines
                     data = line[5:].strip()
                     if data == b"[DONE]":
+                        await _drain(body)
                         return
                     try:
                         payload = json.loads(data)
@@ -177,6 +181,19 @@ class OpenAIProvider(Provider):
                 "The connection to the model's server broke mid-reply.",
                 code="upstream_incomplete",
             ) from None
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read the body to its end, as the SDK's own streams do after ``[DONE]``.
+
+    A body closed before its end closes its connection too: every reply would
+    then pay a new TCP (and TLS) handshake. A server that holds the body open
+    after ``[DONE]`` is given up on after a short while.
+    """
+    with contextlib.suppress(TimeoutError, httpx2.TransportError):
+        async with asyncio.timeout(_DRAIN_TIMEOUT):
+            async for _ in body:
+                pass
 
 
 @dataclass
