@@ -98,7 +98,10 @@ def _finalise_row(reply_id: str, fields: Mapping[str, Any]) -> tuple[Message | N
     """Finalise the row unless someone already did; returns (message, whether we did)."""
     # The conversation's updated_at moved when the turn began: no second write here.
     won = Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(**fields)
-    message = Message.objects.select_related("conversation").filter(pk=reply_id).first()
+    try:
+        message = Message.objects.select_related("conversation").get(pk=reply_id)
+    except Message.DoesNotExist:  # its conversation was deleted
+        return None, False
     return message, bool(won)
 
 

@@ -126,25 +126,22 @@ async def _assistant(slug: str | None) -> Assistant | None:
 
 
 async def _conversation(owner: Owner, conversation_id: str) -> Conversation:
-    conversation = (
-        await Conversation.objects.select_related("assistant")
-        .filter(owner.of(), pk=_uuid(conversation_id))
-        .afirst()
-    )
-    if conversation is None:
-        raise NotFound("No such conversation.")
-    return conversation
+    # get() rather than first(): a primary key needs no ORDER BY to build and run.
+    rows = Conversation.objects.select_related("assistant").filter(owner.of())
+    try:
+        return await rows.aget(pk=_uuid(conversation_id))
+    except Conversation.DoesNotExist:
+        raise NotFound("No such conversation.") from None
 
 
 async def _message(owner: Owner, message_id: str) -> Message:
-    message = (
-        await Message.objects.filter(owner.of("conversation__"), pk=_uuid(message_id))
-        .select_related("conversation__assistant")
-        .afirst()
+    rows = Message.objects.select_related("conversation__assistant").filter(
+        owner.of("conversation__")
     )
-    if message is None:
-        raise NotFound("No such message.")
-    return message
+    try:
+        return await rows.aget(pk=_uuid(message_id))
+    except Message.DoesNotExist:
+        raise NotFound("No such message.") from None
 
 
 def _started(user_message: Message, reply: Message) -> JsonResponse:
