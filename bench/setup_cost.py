@@ -1,0 +1,174 @@
+"""CPU per reply set-up, in one process and one at a time: quieter than a load run.
+
+Drives the demo project's ASGI application directly (no server, no sockets of its
+own) through what a browser does for one reply: the POST, then the stream until
+``done``, against the bench's fake upstream sending one token. Prints the
+process's CPU time (every thread) per reply for chatstream and for the baseline
+relay, each the median of ``--rounds`` rounds of ``--replies`` replies.
+
+    .venv/bin/python bench/setup_cost.py
+    py-spy record --gil -f raw -o setup.txt -- .venv/bin/python bench/setup_cost.py
+
+Not a load test: it leaves out the HTTP server's share, and shows where a change
+to the request path moves the cost, measured side by side in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.upstream import expected_text, prompt  # noqa: E402
+
+
+async def call(
+    app: Any, method: str, path: str, headers: dict[str, str], body: bytes = b""
+) -> tuple[int, bytes]:
+    path, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent = False
+    finished = asyncio.Event()
+    status, parts = 0, []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            parts.append(message.get("body", b""))
+            if not message.get("more_body"):
+                finished.set()
+
+    await app(scope, receive, send)
+    return status, b"".join(parts)
+
+
+async def chatstream_reply(app: Any, owner: dict[str, str]) -> None:
+    cookie = f"sessionid={owner['session']}; csrftoken={owner['csrf']}"
+    status, body = await call(
+        app,
+        "POST",
+        f"/api/conversations/{owner['conversation']}/messages/",
+        {"cookie": cookie, "x-csrftoken": owner["csrf"], "content-type": "application/json",
+         "host": "127.0.0.1"},
+        json.dumps({"content": prompt(1, 0)}).encode(),
+    )  # fmt: skip
+    if status != 201:
+        raise RuntimeError(f"POST answered {status}: {body[:200]!r}")
+    url = json.loads(body)["stream_url"]
+    status, body = await call(app, "GET", url, {"cookie": cookie, "host": "127.0.0.1"})
+    if status != 200 or b"event: done" not in body or expected_text(1).encode() not in body:
+        raise RuntimeError(f"stream answered {status}: {body[:300]!r}")
+
+
+async def baseline_reply(app: Any, owner: dict[str, str]) -> None:
+    path = f"/bench/baseline/?prompt={quote(prompt(1, 0))}"
+    status, body = await call(app, "GET", path, {"host": "127.0.0.1"})
+    if status != 200 or expected_text(1).encode() not in body:
+        raise RuntimeError(f"baseline answered {status}: {body[:300]!r}")
+
+
+async def measure(args: argparse.Namespace, owners: list[dict[str, str]]) -> dict[str, list[float]]:
+    from django.core.asgi import get_asgi_application
+
+    app = get_asgi_application()
+    relays = {"chatstream": chatstream_reply, "baseline": baseline_reply}
+    relays = {name: relays[name] for name in args.relays.split(",")}
+    cpu: dict[str, list[float]] = {name: [] for name in relays}
+    used = iter(owners)
+    for reply in relays.values():  # warm-up: imports, pools, the SDK client
+        for _ in range(5):
+            await reply(app, next(used))
+    for _ in range(args.rounds):
+        for name, reply in relays.items():
+            began = time.process_time()
+            for _ in range(args.replies):
+                await reply(app, next(used))
+            cpu[name].append((time.process_time() - began) / args.replies * 1000)
+    return cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--replies", type=int, default=100, help="replies per round and relay")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--relays", default="chatstream,baseline", help="which to measure")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="chatstream-setup-"))
+    upstream = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "upstream.py"), "--port", "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert upstream.stdout is not None
+        port = int(upstream.stdout.readline().split()[1])
+        os.environ.update(
+            DJANGO_SETTINGS_MODULE="bench.settings",
+            DJANGO_SECRET_KEY="bench-secret-key-not-for-production",
+            DJANGO_ALLOWED_HOSTS="127.0.0.1",
+            DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
+            OPENAI_API_KEY="sk-bench",
+            OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
+            CHATSTREAM_MODEL="bench-model",
+            CHATSTREAM_ALLOW_ANONYMOUS="1",
+        )
+        for command in (["manage.py", "migrate", "-v0"], ["manage.py", "chatstream_seed"]):
+            subprocess.run([sys.executable, *command], cwd=ROOT, check=True, capture_output=True)
+        count = (5 + args.rounds * args.replies) * 2
+        out = workdir / "owners.json"
+        subprocess.run([sys.executable, "-m", "bench.prepare", str(count), str(out)], cwd=ROOT,
+                       check=True)  # fmt: skip
+        import django
+
+        django.setup()
+        cpu = asyncio.run(measure(args, json.loads(out.read_text())))
+    finally:
+        upstream.terminate()
+        upstream.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"CPU per reply set-up, median of {args.rounds} rounds of {args.replies}:")
+    for name, rounds in cpu.items():
+        listed = ", ".join(f"{v:.2f}" for v in rounds)
+        print(f"  {name:10} {statistics.median(rounds):.2f} ms  (rounds: {listed})")
+    if len(cpu) == 2:
+        ratio = statistics.median(cpu["chatstream"]) / statistics.median(cpu["baseline"])
+        print(f"  ratio      {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
