@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 _MERGE_EVERY = 64
 _PAUSE_EVERY = 0.05  # seconds of upstream reading between two yields to the loop
+_WATCH_GRACE = 1.0  # seconds a cancelled stop-watcher may take to end
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,9 @@ class Generation:
             for task in (consume, watch):
                 task.cancel()
             # Awaiting the cancelled consumer closes the provider stream, and so the upstream.
-            await asyncio.gather(consume, watch, return_exceptions=True)
+            # The watcher gets a moment to go, never the power to hold up the finalising.
+            await asyncio.gather(consume, return_exceptions=True)
+            await asyncio.wait({watch}, timeout=_WATCH_GRACE)
             if shutting_down:
                 outcome = _Outcome(Status.INTERRUPTED)
             elif consume_finished:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,28 @@ def test_redis_down_refuses_new_replies_with_503_and_stores_nothing(
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "log_unavailable"
     assert stored["messages"] == []
+
+
+def test_a_fresh_worker_ends_every_reply_of_a_first_burst(
+    fake_openai: FakeOpenAI, redis_url: str, shared_database_url: str, tmp_path: Path
+) -> None:
+    """Short replies started at once on a new worker: each ends, none waits on Redis."""
+    server = make_live_server(
+        "daphne", tmp_path, fake_openai, REDIS_URL=redis_url, DATABASE_URL=shared_database_url
+    )
+    count = 8
+    prompts = [
+        trigger(fake_openai, f"burst{i}", tokens=["x "] * 20, keep_alive=True) for i in range(count)
+    ]
+
+    def one(prompt: str) -> tuple[str, str]:
+        with server.client() as client:
+            events = client.read_all(client.start(prompt)["stream_url"], timeout=15)
+        return text_of(events), events[-1].data["status"]
+
+    try:
+        with ThreadPoolExecutor(count) as pool:
+            results = list(pool.map(one, prompts))
+    finally:
+        server.stop()
+    assert results == [("x " * 20, "complete")] * count

@@ -237,7 +237,10 @@ class RedisReplyLog(ReplyLog):
         writer = state.writers[reply_id]
         await state.subscribed.wait()
         try:
-            if await state.client.exists(self.key("stop", reply_id)):
+            # Shielded: this watcher is cancelled as soon as a reply ends, often while
+            # this first command still runs, and redis-py cancelled mid-command (on a
+            # connection it is opening) can leave the cancelled task hanging.
+            if await asyncio.shield(state.client.exists(self.key("stop", reply_id))):
                 return
         except RedisError:
             pass  # the subscription still hears a stop once Redis is back
