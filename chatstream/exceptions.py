@@ -117,6 +117,13 @@ class ServiceUnavailable(ChatstreamError):
     status = 503
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """Raised when the database is locked past its timeout or unreachable; nothing was stored."""
+
+    code = "database_unavailable"
+    default_message = "The database is busy or unreachable; try again shortly."
+
+
 class ReplyLogUnavailable(ServiceUnavailable):
     """Raised when the reply log (Redis) cannot be reached; stored data is untouched."""
 

@@ -19,7 +19,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
@@ -33,6 +33,7 @@ from chatstream.exceptions import (
     ChatstreamError,
     Conflict,
     CsrfFailed,
+    DatabaseUnavailable,
     InvalidOffset,
     MethodNotAllowed,
     NotFound,
@@ -74,6 +75,12 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 return await view(request, *args, **kwargs)
             except ChatstreamError as error:
                 return JsonErrorResponse(error)
+            except OperationalError as exc:
+                # SQLite locked past its timeout under load, or a database gone away:
+                # the request's transaction is rolled back, the client may try again.
+                logger.warning("Database unavailable for %s %s: %s", request.method,
+                               request.path, exc)  # fmt: skip
+                return JsonErrorResponse(DatabaseUnavailable())
 
         wrapper.csrf_exempt = True  # type: ignore[attr-defined]  # checked above, as JSON
         wrapper.login_required = False  # type: ignore[attr-defined]  # we answer 403 JSON

@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import OperationalError
 from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 
@@ -298,6 +299,25 @@ async def test_a_live_reply_streams_to_its_owner_without_reading_the_database(
         await post(owner, f"/api/messages/{started['assistant_message']['id']}/stop/")
         body = b"".join([part async for part in response.streaming_content])
     assert b"event: done" in body
+
+
+async def test_a_locked_database_is_503_json_and_stores_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = AsyncClient()
+    conversation = await new_conversation(client)
+
+    def locked(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("database is locked")
+
+    # As SQLite answers a writer that waited past its timeout.
+    monkeypatch.setattr(Message.objects, "bulk_create", locked)
+    response = await post(
+        client, f"/api/conversations/{conversation}/messages/", {"content": "hello"}
+    )
+    assert response.status_code == 503
+    assert error_of(response) == "database_unavailable"
+    assert not await Message.objects.filter(conversation_id=conversation).aexists()
 
 
 async def test_finished_reply_is_served_from_the_database_after_the_log_expires() -> None:
