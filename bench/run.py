@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.client import Owner, StreamResult, Target, percentile  # noqa: E402
+from bench.environment import django_environment  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
@@ -300,18 +301,7 @@ class Bench:
     def server_env(self, redis_url: str, db: Path) -> dict[str, str]:
         skip = ("OPENAI", "AZURE", "REDIS", "DJANGO", "CHATSTREAM")
         env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
-        env.update(
-            DJANGO_SETTINGS_MODULE="bench.settings",
-            DJANGO_SECRET_KEY="bench-secret-key-not-for-production",
-            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-            DJANGO_SECURE_COOKIES="0",
-            DATABASE_URL=f"sqlite:///{db}",
-            OPENAI_API_KEY="sk-bench",
-            OPENAI_BASE_URL=f"http://127.0.0.1:{self.upstream.port}/v1",
-            CHATSTREAM_MODEL="bench-model",
-            CHATSTREAM_ALLOW_ANONYMOUS="1",
-            PYTHONUNBUFFERED="1",
-        )
+        env.update(django_environment(db, self.upstream.port), PYTHONUNBUFFERED="1")
         if redis_url:
             env["REDIS_URL"] = redis_url
         if self.tracemalloc:

@@ -32,6 +32,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.environment import django_environment  # noqa: E402
 from bench.upstream import expected_text, prompt  # noqa: E402
 
 
@@ -137,16 +138,7 @@ def main() -> None:
     try:
         assert upstream.stdout is not None
         port = int(upstream.stdout.readline().split()[1])
-        os.environ.update(
-            DJANGO_SETTINGS_MODULE="bench.settings",
-            DJANGO_SECRET_KEY="bench-secret-key-not-for-production",
-            DJANGO_ALLOWED_HOSTS="127.0.0.1",
-            DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
-            OPENAI_API_KEY="sk-bench",
-            OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
-            CHATSTREAM_MODEL="bench-model",
-            CHATSTREAM_ALLOW_ANONYMOUS="1",
-        )
+        os.environ.update(django_environment(workdir / "db.sqlite3", port))
         for command in (["manage.py", "migrate", "-v0"], ["manage.py", "chatstream_seed"]):
             subprocess.run([sys.executable, *command], cwd=ROOT, check=True, capture_output=True)
         count = (5 + args.rounds * args.replies) * 2
