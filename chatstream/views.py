@@ -78,8 +78,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
             except OperationalError as exc:
                 # SQLite locked past its timeout under load, or a database gone away:
                 # the request's transaction is rolled back, the client may try again.
-                logger.warning("Database unavailable for %s %s: %s", request.method,
-                               request.path, exc)  # fmt: skip
+                logger.warning("Database unavailable: %s %s: %s", request.method, request.path, exc)
                 return JsonErrorResponse(DatabaseUnavailable())
 
         wrapper.csrf_exempt = True  # type: ignore[attr-defined]  # checked above, as JSON
