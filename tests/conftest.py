@@ -150,6 +150,20 @@ def make_live_server(
     return server.start()
 
 
+def make_worker_pair(
+    workdir: Path, fake: FakeOpenAI, redis_url: str, database_url: str, **extra_env: str
+) -> tuple[LiveServer, LiveServer]:
+    """Two daphne processes sharing one Redis and one database, as two workers do."""
+    common = {"REDIS_URL": redis_url, "DATABASE_URL": database_url, **extra_env}
+    a = make_live_server("daphne", workdir / "a", fake, **common)
+    try:
+        b = make_live_server("daphne", workdir / "b", fake, migrate=False, **common)
+    except BaseException:
+        a.stop()
+        raise
+    return a, b
+
+
 @pytest.fixture(scope="session", params=["daphne", "uvicorn"])
 def asgi_server(
     request: pytest.FixtureRequest,

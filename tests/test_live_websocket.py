@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import LiveServer, make_live_server
+from tests.conftest import LiveServer, make_live_server, make_worker_pair
 from tests.fake_openai import FakeOpenAI, Script
 from tests.sse_client import ApiClient
 
@@ -283,13 +283,7 @@ def workers(
 ) -> Iterator[tuple[LiveServer, LiveServer]]:
     """Two daphne processes sharing one Redis reply log and one database."""
     workdir = tmp_path_factory.mktemp("ws-workers")
-    common = {"REDIS_URL": redis_url, "DATABASE_URL": shared_database_url}
-    a = make_live_server("daphne", workdir / "a", fake_openai, **common)
-    try:
-        b = make_live_server("daphne", workdir / "b", fake_openai, migrate=False, **common)
-    except BaseException:
-        a.stop()
-        raise
+    a, b = make_worker_pair(workdir, fake_openai, redis_url, shared_database_url)
     yield a, b
     a.stop()
     b.stop()

@@ -10,19 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LiveServer, RedisServer, make_live_server
+from tests.conftest import LiveServer, RedisServer, make_live_server, make_worker_pair
 from tests.fake_openai import FakeOpenAI, Script
 from tests.sse_client import ApiClient
 from tests.test_live_sse import message, read_deltas, text_of, wait_for
 
 
 def pair(
-    workdir: Path, fake: FakeOpenAI, redis_url: str, database_url: str, **env: str
+    workdir: Path, fake: FakeOpenAI, redis_url: str, database_url: str
 ) -> tuple[LiveServer, LiveServer]:
-    common = {"REDIS_URL": redis_url, "DATABASE_URL": database_url, "TEST_LEASE_TTL": "1", **env}
-    a = make_live_server("daphne", workdir / "a", fake, **common)
-    b = make_live_server("daphne", workdir / "b", fake, migrate=False, **common)
-    return a, b
+    # A short lease: a killed worker's replies are seen dead within a second or two.
+    return make_worker_pair(workdir, fake, redis_url, database_url, TEST_LEASE_TTL="1")
 
 
 @pytest.fixture(scope="module")
