@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import openai
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from chatstream.exceptions import UpstreamError
 from chatstream.providers.base import ChatRequest, Chunk, Usage
@@ -116,13 +118,45 @@ async def test_http_errors_map_to_safe_codes(
     assert "sk-" not in info.value.message
 
 
-async def test_unreachable_server(provider: OpenAIProvider) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx2"])
+async def test_unreachable_server(transport: str) -> None:
     unreachable = OpenAIProvider(
-        options={"api_key": "k", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
+        options={
+            "api_key": "k",
+            "base_url": "http://127.0.0.1:9/v1",
+            "max_retries": 0,
+            "transport": transport,
+        }
     )
     with pytest.raises(UpstreamError) as info:
         await collect(unreachable, "hi")
     assert info.value.code == "upstream_unreachable"
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx2"])
+async def test_silent_server_times_out(fake_openai: FakeOpenAI, transport: str) -> None:
+    slow = OpenAIProvider(
+        options={
+            "api_key": "k",
+            "base_url": fake_openai.base_url,
+            "max_retries": 0,
+            "timeout": 0.3,
+            "transport": transport,
+        }
+    )
+    prompt = trigger(fake_openai, Script(tokens=["late"], first_delay=5))
+    with pytest.raises(UpstreamError) as info:
+        await collect(slow, prompt)
+    assert info.value.code == "upstream_timeout"
+
+
+def test_transport_is_aiohttp_unless_asked_otherwise(fake_openai: FakeOpenAI) -> None:
+    options = {"api_key": "k", "base_url": fake_openai.base_url}
+    assert isinstance(OpenAIProvider(options=options).client._client, openai.DefaultAioHttpClient)
+    httpx_only = OpenAIProvider(options={**options, "transport": "httpx2"})
+    assert not isinstance(httpx_only.client._client, openai.DefaultAioHttpClient)
+    with pytest.raises(ImproperlyConfigured, match="transport"):
+        OpenAIProvider(options={**options, "transport": "curl"}).client  # noqa: B018
 
 
 async def test_server_that_refuses_stream_options_is_asked_again_without(

@@ -5,6 +5,11 @@ Deliberately not the SDK's own ``AsyncStream``: building its objects costs about
 ``with_streaming_response`` (which keeps the SDK's auth, retries and Azure
 handling) and parse the raw lines ourselves, so ``[DONE]``, in-stream
 ``{"error": ...}`` payloads and raw ``httpx2`` transport errors are handled here.
+
+The HTTP transport is the SDK's own aiohttp one (``openai[aiohttp]``) unless the
+options say ``"transport": "httpx2"``: httpx2's anyio streams arm a cancel scope
+and re-register the socket with epoll on every read, which cost more CPU per
+relayed token than everything else chatstream does with it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 import httpx2
 import openai
+from django.core.exceptions import ImproperlyConfigured
 
 from chatstream.exceptions import UpstreamError
 from chatstream.providers.base import ChatRequest, Chunk, Provider, Usage
@@ -89,6 +95,9 @@ class OpenAIProvider(Provider):
 
     def client_kwargs(self) -> dict[str, Any]:
         kwargs = {"timeout": _DEFAULT_TIMEOUT, **self.options}
+        transport = kwargs.pop("transport", "aiohttp")
+        if "http_client" not in kwargs:
+            kwargs["http_client"] = _http_client(transport, kwargs["timeout"])
         # A local server (Ollama, vLLM) needs no key, but the SDK insists on one.
         if (
             kwargs.get("base_url")
@@ -129,9 +138,9 @@ class OpenAIProvider(Provider):
                 response = await self._open(stack, request)
                 async for chunk in self._read(response):
                     yield chunk
-        except openai.APITimeoutError:
-            raise UpstreamError("The model's server timed out.", code="upstream_timeout") from None
-        except openai.APIConnectionError:
+        except openai.APIConnectionError as exc:
+            if isinstance(exc, openai.APITimeoutError) and _timed_out(exc):
+                raise _timeout() from None
             raise UpstreamError(
                 "The model's server could not be reached.", code="upstream_unreachable"
             ) from None
@@ -176,11 +185,40 @@ class OpenAIProvider(Provider):
                         continue
                     if isinstance(payload, dict) and (chunk := parse_chunk(payload)):
                         yield chunk
-        except httpx2.TransportError:
+        except httpx2.TransportError as exc:
+            if _timed_out(exc):
+                raise _timeout() from None
             raise UpstreamError(
                 "The connection to the model's server broke mid-reply.",
                 code="upstream_incomplete",
             ) from None
+
+
+def _http_client(transport: str, timeout: Any) -> httpx2.AsyncClient:
+    if transport == "aiohttp":
+        return openai.DefaultAioHttpClient(timeout=timeout)
+    if transport == "httpx2":
+        return openai.DefaultAsyncHttpxClient(timeout=timeout)
+    raise ImproperlyConfigured(
+        f'Connection OPTIONS "transport" must be "aiohttp" or "httpx2", not {transport!r}.'
+    )
+
+
+def _timeout() -> UpstreamError:
+    return UpstreamError("The model's server timed out.", code="upstream_timeout")
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    """Whether a timeout caused ``exc``.
+
+    The SDK's aiohttp transport reports a refused connection as ``ConnectTimeout``
+    too, so the cause chain decides between "timed out" and "unreachable".
+    """
+    while exc is not None:
+        if isinstance(exc, TimeoutError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 async def _drain(body: AsyncIterator[bytes]) -> None:
