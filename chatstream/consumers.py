@@ -9,7 +9,7 @@ whole reply could not hear ``stop``. The reply is therefore followed by a reader
 task that the consumer owns (cancelled and awaited when the connection ends).
 There is one reader at a time per connection, and it pulls instead of being
 pushed: it asks the log for all text after its offset, sends that as one frame,
-awaits the send, and only then asks again (after ``FLUSH_INTERVAL``). Frames
+awaits the send, and only then asks again (``FLUSH_INTERVAL`` apart at least). Frames
 never overlap, they merge when the client is slow, and what a slow client costs
 is bounded by the reply's size, never by its number of tokens. Every frame goes
 out under one lock, so control frames never interleave with a reader's send.

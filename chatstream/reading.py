@@ -1,10 +1,12 @@
 """One reader of one reply, whatever the transport (SSE response or WebSocket consumer).
 
 A reader pulls: it asks the log for everything after its offset, hands that over
-as one ``Delta``, and asks again only when the transport has sent it (and at least
-``FLUSH_INTERVAL`` later). A fast model and a slow client therefore make fewer,
-larger deltas; no send ever overlaps another. When the log is gone (expired, or
-its owner died) the database has the word, and the reader ends from there.
+as one ``Delta``, and asks again only when the transport has sent it. Text that
+comes sooner than ``FLUSH_INTERVAL`` after the last send waits out the rest of it,
+so a fast model and a slow client make fewer, larger deltas, while a paced model
+costs one wake-up per token; no send ever overlaps another. When the log is gone
+(expired, or its owner died) the database has the word, and the reader ends from
+there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from chatstream.exceptions import ReplyLogUnavailable
 from chatstream.generation import final_record, recover
 from chatstream.models import Message, Status
 from chatstream.replylog import get_reply_log
+from chatstream.replylog.base import LogRead
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,21 @@ async def follow(reply_id: str, offset: int) -> AsyncGenerator[Item, None]:
     it follows, which the ``cancel`` disconnect policy watches.
     """
     settings, log = get_settings(), get_reply_log()
-    joined = False
+    clock = asyncio.get_running_loop().time
+    joined, sent_at = False, -settings.flush_interval
     try:
         with contextlib.suppress(ReplyLogUnavailable):  # the first read reports it
             await log.reader_joined(reply_id)
             joined = True
         while True:
             read = await log.read(reply_id, offset, settings.keepalive_interval)
+            pause = sent_at + settings.flush_interval - clock()
+            if read is not None and read.text and read.final is None and pause > 0:
+                # Let deltas gather: a slow client then gets fewer, larger frames.
+                await asyncio.sleep(pause)
+                more = await log.read(reply_id, read.end, 0)
+                if more is not None:
+                    read = LogRead(read.text + more.text, more.end, more.final)
             silent = read is not None and not read.text and read.final is None
             if silent and not await log.is_alive(reply_id):
                 read = None  # its owner died without writing a final record
@@ -82,14 +93,12 @@ async def follow(reply_id: str, offset: int) -> AsyncGenerator[Item, None]:
             if read.text:
                 offset = read.end
                 yield Delta(read.text, offset)
+                sent_at = clock()
             if read.final is not None:
                 yield Ending(read.final, offset)
                 return
             if not read.text:
                 yield SILENCE
-            elif settings.flush_interval:
-                # Let deltas gather: a slow client then gets fewer, larger frames.
-                await asyncio.sleep(settings.flush_interval)
     finally:
         if joined:
             with contextlib.suppress(ReplyLogUnavailable):

@@ -36,8 +36,8 @@ class LogRead:
 
 async def wait_done(future: asyncio.Future[None], timeout: float) -> bool:
     """Whether ``future`` completed within ``timeout``; without ``wait_for``'s task per call."""
-    if future.done():
-        return True
+    if future.done() or timeout <= 0:
+        return future.done()
     loop = future.get_loop()
     waiter = loop.create_future()
 

@@ -1,0 +1,56 @@
+"""A reader's pacing: frames at most every FLUSH_INTERVAL, text exact however merged."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from django.test import override_settings
+
+from chatstream.reading import Delta, Ending, follow
+from chatstream.replylog import get_reply_log
+from tests.settings import CHATSTREAM as BASE
+
+FLUSH = 0.2
+
+
+async def write(reply_id: str, tokens: list[str], interval: float) -> None:
+    log = get_reply_log()
+    for token in tokens:
+        await asyncio.sleep(interval)
+        await log.append(reply_id, token)
+    await log.finish(reply_id, {"status": "complete"})
+
+
+async def read_all(reply_id: str) -> list[tuple[float, Delta | Ending]]:
+    clock = asyncio.get_running_loop().time
+    return [(clock(), item) async for item in follow(reply_id, 0) if item is not None]
+
+
+async def run(tokens: list[str], interval: float) -> list[tuple[float, Delta | Ending]]:
+    reply_id = str(uuid.uuid4())
+    await get_reply_log().open(reply_id)
+    writer = asyncio.create_task(write(reply_id, tokens, interval))
+    items = await asyncio.wait_for(read_all(reply_id), timeout=30)
+    await writer
+    return items
+
+
+async def test_a_fast_model_is_sent_in_fewer_frames_flush_interval_apart() -> None:
+    tokens = [f"t{i} " for i in range(60)]
+    with override_settings(CHATSTREAM={**BASE, "FLUSH_INTERVAL": FLUSH}):
+        items = await run(tokens, interval=0.005)
+    deltas = [(at, item) for at, item in items if isinstance(item, Delta)]
+    assert "".join(d.text for _, d in deltas) == "".join(tokens)
+    assert [d.end for _, d in deltas] == sorted({d.end for _, d in deltas})
+    assert len(deltas) < len(tokens) / 4
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(deltas, deltas[1:], strict=False)]
+    assert min(gaps) >= FLUSH * 0.9
+    assert isinstance(items[-1][1], Ending) and items[-1][1].end == len("".join(tokens))
+
+
+async def test_a_paced_model_gets_a_frame_per_token() -> None:
+    tokens = ["one ", "two ", "three ", "four"]
+    with override_settings(CHATSTREAM={**BASE, "FLUSH_INTERVAL": 0.02}):
+        items = await run(tokens, interval=0.1)
+    assert [item.text for _, item in items if isinstance(item, Delta)] == tokens
