@@ -23,7 +23,7 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import connections
 from django.utils import timezone
 
-from chatstream import limits, shutdown
+from chatstream import dbpool, limits, shutdown
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.connections import get_provider
 from chatstream.exceptions import TokenQuotaExceeded, UpstreamError
@@ -95,6 +95,10 @@ def final_record(message: Message) -> dict[str, Any]:
     }
 
 
+def _checkpoint_row(reply_id: str, text: str) -> None:
+    Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(content=text)
+
+
 def _finalise_row(reply_id: str, fields: Mapping[str, Any]) -> tuple[Message | None, bool]:
     """Finalise the row unless someone already did; returns (message, whether we did)."""
     # The conversation's updated_at moved when the turn began: no second write here.
@@ -154,6 +158,8 @@ class Generation:
         self.log = log
         self.settings = settings
         self.progress = _Progress()
+        self._saved: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._saved.set_result(None)
 
     async def run(self) -> None:
         """The task's body: its own thread-sensitive context, its DB connection closed after."""
@@ -180,7 +186,7 @@ class Generation:
                 task.cancel()
             # Awaiting the cancelled consumer closes the provider stream, and so the upstream.
             # The watcher gets a moment to go, never the power to hold up the finalising.
-            await asyncio.gather(consume, return_exceptions=True)
+            await asyncio.gather(consume, self._saved, return_exceptions=True)
             await asyncio.wait({watch}, timeout=_WATCH_GRACE)
             if shutting_down:
                 outcome = _Outcome(Status.INTERRUPTED)
@@ -254,14 +260,17 @@ class Generation:
                     progress.finish_reason = chunk.finish_reason
                 if chunk.usage is not None:
                     progress.usage = chunk.usage
-                if interval and now - last_checkpoint >= interval:
+                if interval and now - last_checkpoint >= interval and self._saved.done():
+                    # In the background: a slow database never holds up the tokens.
                     last_checkpoint = now
-                    await self._checkpoint()
+                    self._saved = asyncio.ensure_future(self._checkpoint())
 
     async def _checkpoint(self) -> None:
-        await Message.objects.filter(pk=self.spec.reply_id, status=Status.STREAMING).aupdate(
-            content=self.progress.text
-        )
+        """Save the text so far; a failure waits for the next one (the log has the text)."""
+        try:
+            await dbpool.run(_checkpoint_row, self.spec.reply_id, self.progress.text)
+        except Exception as exc:
+            logger.warning("Checkpoint of reply %s failed: %s", self.spec.reply_id, exc)
 
     async def _finalise(self, outcome: _Outcome, duration: float) -> None:
         progress, text = self.progress, self.progress.text

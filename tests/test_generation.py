@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
+import threading
 import uuid
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 
+from chatstream import dbpool, generation
 from chatstream.generation import registry
 from chatstream.models import Message
 from tests.fake_openai import FakeOpenAI, Script
@@ -87,3 +91,41 @@ async def test_checkpoints_are_bounded_by_the_interval_not_the_tokens(
         writes, reply = await run_reply(fake_openai, 200, count_writes, interval=0.005)
     # At most one checkpoint per interval of streaming, never one per token.
     assert 3 <= writes <= 3 + math.ceil(reply.duration_ms / 200) + 1 < 200
+
+
+async def test_streaming_replies_share_a_few_database_threads(
+    fake_openai: FakeOpenAI, count_writes: WriteCounter
+) -> None:
+    """Checkpoints must not pin a thread (and a DB connection) per streaming reply."""
+    count, tokens = 12, 60
+    trigger = fake_openai.script(
+        f"g-{uuid.uuid4().hex}", Script(tokens=["tok "] * tokens, interval=0.03)
+    )
+    client = AsyncClient()
+    with override_settings(CHATSTREAM=upstream(fake_openai, CHECKPOINT_INTERVAL=0.05)):
+        conversations = [await new_conversation(client) for _ in range(count)]
+        before = threading.active_count()
+        started = [await send(client, c, trigger) for c in conversations]
+        reply_ids = [s["assistant_message"]["id"] for s in started]
+        await asyncio.sleep(1.0)  # every reply streaming, several checkpoints each
+        during = threading.active_count()
+        for reply_id in reply_ids:
+            await registry.wait(reply_id, timeout=30)
+    grown = during - before
+    assert grown <= dbpool.POOL_SIZE + 2, f"{grown} more threads for {count} streaming replies"
+    updates = count_writes.writes.count("UPDATE")
+    assert updates > 3 * count  # checkpoints happened, besides the finalising UPDATEs
+    async for reply in Message.objects.filter(pk__in=reply_ids):
+        assert reply.status == "complete" and reply.content == "tok " * tokens
+
+
+async def test_a_failed_checkpoint_does_not_end_the_reply(
+    fake_openai: FakeOpenAI, count_writes: WriteCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def locked(reply_id: str, text: str) -> None:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(generation, "_checkpoint_row", locked)
+    with override_settings(CHATSTREAM=upstream(fake_openai, CHECKPOINT_INTERVAL=0.05)):
+        writes, reply = await run_reply(fake_openai, 30, count_writes, interval=0.01)
+    assert writes == 3  # no checkpoint got through; the finalising UPDATE has it all
