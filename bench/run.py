@@ -127,6 +127,14 @@ def proc_rss_kb(pid: int) -> int:
         return int(file.read().split()[1]) * PAGE_KB
 
 
+def proc_threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
 class Upstream:
     """The fake OpenAI server, in its own process; asked for its counters over stdin."""
 
@@ -245,12 +253,13 @@ class Server:
 
 
 class RssSampler:
-    """Samples a process's RSS every 50 ms while a scenario runs."""
+    """Samples a process's RSS (and thread count) every 50 ms while a scenario runs."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.start = proc_rss_kb(pid)
         self.peak = self.start
+        self.threads_peak = 0
         self.samples: list[int] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -270,6 +279,7 @@ class RssSampler:
             rss = proc_rss_kb(self.pid)
             self.samples.append(rss)
             self.peak = max(self.peak, rss)
+            self.threads_peak = max(self.threads_peak, proc_threads(self.pid))
             return rss
         return 0
 
@@ -298,10 +308,12 @@ class Bench:
     runs: list[dict[str, Any]] = field(default_factory=list)
     counter: int = 0
 
-    def server_env(self, redis_url: str, db: Path) -> dict[str, str]:
+    def server_env(self, redis_url: str, db: Path, admission: bool) -> dict[str, str]:
         skip = ("OPENAI", "AZURE", "REDIS", "DJANGO", "CHATSTREAM")
         env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
         env.update(django_environment(db, self.upstream.port), PYTHONUNBUFFERED="1")
+        if not admission:  # the baseline's developer has no admission limit in front
+            env["DJANGO_MAX_ACTIVE_REQUESTS"] = "0"
         if redis_url:
             env["REDIS_URL"] = redis_url
         if self.tracemalloc:
@@ -323,12 +335,15 @@ class Bench:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=30)
 
-    def new_server(self, kind: str, redis_url: str = "", profile: Path | None = None) -> Server:
+    def new_server(
+        self, kind: str, redis_url: str = "", profile: Path | None = None, admission: bool = True
+    ) -> Server:
         self.counter += 1
         db = self.workdir / f"db-{self.counter}.sqlite3"
         shutil.copyfile(self.template, db)
         log = self.workdir / f"server-{self.counter}-{kind}.log"
-        server = Server(kind, self.server_env(redis_url, db), self.server_core, log, profile)
+        env = self.server_env(redis_url, db, admission)
+        server = Server(kind, env, self.server_core, log, profile)
         return server.start()
 
     async def run(
@@ -348,7 +363,10 @@ class Bench:
         try:
             out = RESULTS / f"profile-{kind}-{scenario}-{variant.replace('+', '-')}.prof"
             server = self.new_server(
-                kind, self.redis_url if redis else "", profile=out if profile else None
+                kind,
+                self.redis_url if redis else "",
+                profile=out if profile else None,
+                admission=variant != "baseline",
             )
             target = Target(server.port, variant)
             await self.warm_up(target)
@@ -405,6 +423,8 @@ class Bench:
             "wall_s": round(wall, 2),
             "rss_start_mb": round(rss.start / 1024, 1),
             "rss_peak_mb": round(rss.peak / 1024, 1),
+            # Django gives each request a thread while it is handled: queued requests show here.
+            "threads_peak": rss.threads_peak,
             "db_writes": {k: v for k, v in sorted(writes.items()) if v},
             # Near 1.0 the load client's core, not the server, limits the run.
             "client_core_busy": round(client / wall, 2) if wall else None,
@@ -577,7 +597,7 @@ def idle_scenario(bench: Bench) -> Callable[..., Awaitable[dict[str, Any]]]:
             await target.get_json("/bench/stats/?allocations=1")
         second = await open_some(owners[half:], spread, opened + count)
         at_all = await _settled_rss(server)
-        threads, db_files = _threads(server), _open_db_files(server)
+        threads, db_files = proc_threads(server.pid), _open_db_files(server)
         allocations = None
         if bench.tracemalloc:
             allocations = (await target.get_json("/bench/stats/?allocations=1"))[1]
@@ -603,14 +623,6 @@ def idle_scenario(bench: Bench) -> Callable[..., Awaitable[dict[str, Any]]]:
         return record
 
     return body
-
-
-def _threads(server: Server) -> int:
-    with open(f"/proc/{server.pid}/status") as file:
-        for line in file:
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    return 0
 
 
 def _open_db_files(server: Server) -> int:
@@ -809,8 +821,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             figure = f"+{row['nonreader_kb_each']:.0f} KB per non-reader"
             if "nonreader_replies_complete" in row:
                 figure += f"; {row['nonreader_replies_complete']} replies saved complete"
+        elif row.get("threads_peak"):
+            figure = f"peak {row['threads_peak']} threads"
         if row.get("redis_cpu_us_per_token") is not None:
-            figure += f"redis-server {row['redis_cpu_us_per_token']:.1f} µs/token"
+            figure += f"; redis-server {row['redis_cpu_us_per_token']:.1f} µs/token"
         lines.append(
             f"| {row['server']} | {row['scenario']} | {row['variant']} "
             f"| {_fmt(row.get('ok'))} / {_fmt(row.get('streams'))} "

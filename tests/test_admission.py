@@ -1,0 +1,102 @@
+"""The project's admission limit: a few requests in Django at once, streams hold no place."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from project.admission import AdmissionLimit
+
+
+class App:
+    """An ASGI app whose requests wait for the test to let them start or finish."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.most_inside = 0
+        self.order: list[int] = []
+        self.release = asyncio.Event()
+        self.stream_ends = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        try:
+            self.order.append(scope["n"])
+            if scope.get("fail"):
+                raise RuntimeError("the view failed")
+            if scope.get("stream"):
+                await send({"type": "http.response.start", "status": 200})
+                await self.stream_ends.wait()
+                return
+            await self.release.wait()
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": b"ok"})
+        finally:
+            self.inside -= 1
+
+
+async def call(app: AdmissionLimit, n: int, **scope: Any) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "n": n, **scope}, None, send)
+    return sent
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_at_most_limit_requests_inside_served_in_order() -> None:
+    inner = App()
+    app = AdmissionLimit(inner, 2)
+    calls = [asyncio.ensure_future(call(app, n)) for n in range(6)]
+    await settle()
+    assert inner.inside == 2 and inner.order == [0, 1]
+    inner.release.set()
+    results = await asyncio.wait_for(asyncio.gather(*calls), timeout=10)
+    assert inner.most_inside == 2
+    assert inner.order == list(range(6))
+    assert all(sent[-1]["body"] == b"ok" for sent in results)
+
+
+async def test_a_started_stream_holds_no_place() -> None:
+    inner = App()
+    app = AdmissionLimit(inner, 1)
+    stream = asyncio.ensure_future(call(app, 0, stream=True))
+    await settle()
+    inner.release.set()
+    answered = await asyncio.wait_for(call(app, 1), timeout=10)  # while the stream is open
+    assert answered[-1]["body"] == b"ok" and not stream.done()
+    inner.stream_ends.set()
+    await asyncio.wait_for(stream, timeout=10)
+
+
+async def test_a_failing_request_gives_its_place_back() -> None:
+    inner = App()
+    app = AdmissionLimit(inner, 1)
+    with pytest.raises(RuntimeError):
+        await call(app, 0, fail=True)
+    inner.release.set()
+    assert (await asyncio.wait_for(call(app, 1), timeout=10))[-1]["body"] == b"ok"
+
+
+@pytest.mark.parametrize(("limit", "kind"), [(0, "http"), (1, "websocket")])
+async def test_no_limit_and_websockets_pass_straight_through(limit: int, kind: str) -> None:
+    inner = App()
+    app = AdmissionLimit(inner, limit)
+    calls = [asyncio.ensure_future(app({"type": kind, "n": n}, None, _ignore)) for n in range(3)]
+    await settle()
+    assert inner.inside == 3
+    inner.release.set()
+    await asyncio.wait_for(asyncio.gather(*calls), timeout=10)
+
+
+async def _ignore(message: dict[str, Any]) -> None:
+    pass
