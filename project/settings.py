@@ -35,7 +35,7 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 # HTTP requests in Django's hands at once per process (project/admission.py); 0: no limit.
-MAX_ACTIVE_REQUESTS = int(os.environ.get("DJANGO_MAX_ACTIVE_REQUESTS", "16"))
+MAX_ACTIVE_REQUESTS = int(os.environ.get("DJANGO_MAX_ACTIVE_REQUESTS", "64"))
 
 INSTALLED_APPS = [
     "daphne",
