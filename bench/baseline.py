@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import openai
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
+from bench.prepare import earlier_turns
 from bench.settings import WRITES
 
 _client: openai.AsyncOpenAI | None = None
@@ -31,10 +32,10 @@ def _openai() -> openai.AsyncOpenAI:
     return _client
 
 
-async def _events(prompt: str) -> AsyncIterator[str]:
+async def _events(prompt: str, turns: int) -> AsyncIterator[str]:
     stream = await _openai().chat.completions.create(
         model=os.environ.get("CHATSTREAM_MODEL", "bench-model"),
-        messages=[{"role": "user", "content": prompt}],
+        messages=[*earlier_turns(turns), {"role": "user", "content": prompt}],
         stream=True,
     )
     offset = 0
@@ -55,7 +56,8 @@ async def _events(prompt: str) -> AsyncIterator[str]:
 
 async def stream(request: HttpRequest) -> HttpResponse:
     response = StreamingHttpResponse(
-        _events(request.GET.get("prompt", "")), content_type="text/event-stream"
+        _events(request.GET.get("prompt", ""), int(request.GET.get("turns", 0))),
+        content_type="text/event-stream",
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"

@@ -5,8 +5,11 @@ own) through what a browser does for one reply: the POST, then the stream until
 ``done``, against the bench's fake upstream sending one token. Prints the
 process's CPU time (every thread) per reply for chatstream and for the baseline
 relay, each the median of ``--rounds`` rounds of ``--replies`` replies.
+``--history N`` gives every reply N earlier question-and-answer turns (the
+baseline sends the same turns to the SDK).
 
     .venv/bin/python bench/setup_cost.py
+    .venv/bin/python bench/setup_cost.py --history 20
     py-spy record --gil -f raw -o setup.txt -- .venv/bin/python bench/setup_cost.py
 
 Not a load test: it leaves out the HTTP server's share, and shows where a change
@@ -98,7 +101,7 @@ async def chatstream_reply(app: Any, owner: dict[str, str]) -> None:
 
 
 async def baseline_reply(app: Any, owner: dict[str, str]) -> None:
-    path = f"/bench/baseline/?prompt={quote(prompt(1, 0))}"
+    path = f"/bench/baseline/?prompt={quote(prompt(1, 0))}&turns={owner['turns']}"
     status, body = await call(app, "GET", path, {"host": "127.0.0.1"})
     if status != 200 or expected_text(1).encode() not in body:
         raise RuntimeError(f"baseline answered {status}: {body[:300]!r}")
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--replies", type=int, default=100, help="replies per round and relay")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--relays", default="chatstream,baseline", help="which to measure")
+    parser.add_argument("--history", type=int, default=0, help="earlier turns per reply")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="chatstream-setup-"))
     upstream = subprocess.Popen(
@@ -143,17 +147,21 @@ def main() -> None:
             subprocess.run([sys.executable, *command], cwd=ROOT, check=True, capture_output=True)
         count = (5 + args.rounds * args.replies) * 2
         out = workdir / "owners.json"
-        subprocess.run([sys.executable, "-m", "bench.prepare", str(count), str(out)], cwd=ROOT,
-                       check=True)  # fmt: skip
+        subprocess.run([sys.executable, "-m", "bench.prepare", str(count), str(out),
+                        str(args.history)], cwd=ROOT, check=True)  # fmt: skip
         import django
 
         django.setup()
-        cpu = asyncio.run(measure(args, json.loads(out.read_text())))
+        owners = [{**owner, "turns": args.history} for owner in json.loads(out.read_text())]
+        cpu = asyncio.run(measure(args, owners))
     finally:
         upstream.terminate()
         upstream.wait()
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"CPU per reply set-up, median of {args.rounds} rounds of {args.replies}:")
+    print(
+        f"CPU per reply set-up, {args.history} earlier turns, "
+        f"median of {args.rounds} rounds of {args.replies}:"
+    )
     for name, rounds in cpu.items():
         listed = ", ".join(f"{v:.2f}" for v in rounds)
         print(f"  {name:10} {statistics.median(rounds):.2f} ms  (rounds: {listed})")
