@@ -49,6 +49,33 @@ async def test_text_finish_and_usage(fake_openai: FakeOpenAI, provider: OpenAIPr
     assert sent.headers["authorization"] == "Bearer sk-test-secret"
 
 
+async def test_the_body_goes_out_as_built(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    # The messages travel in extra_body, past the SDK's transform: nothing may change.
+    prompt = trigger(fake_openai, Script(tokens=["ok"]))
+    history = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": 'Grüße 👋 "quoted"\nnext line'},
+        {"role": "assistant", "content": "Hallo!"},
+        {"role": "user", "content": prompt},
+    ]
+    request = ChatRequest(model="fake-model", messages=history, temperature=0.3, max_tokens=64)
+    try:
+        chunks = [chunk async for chunk in provider.stream(request)]
+    finally:
+        await provider.aclose()
+    assert "".join(c.text for c in chunks) == "ok"
+    assert fake_openai.wait_request(prompt).body == {
+        "model": "fake-model",
+        "messages": history,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.3,
+        "max_tokens": 64,
+    }
+
+
 @pytest.mark.parametrize("split", [False, True])
 async def test_non_ascii_split_across_deltas_and_reads_is_kept_whole(
     fake_openai: FakeOpenAI, provider: OpenAIProvider, split: bool

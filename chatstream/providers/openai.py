@@ -148,8 +148,15 @@ class OpenAIProvider(Provider):
     async def _open(self, stack: contextlib.AsyncExitStack, request: ChatRequest) -> Any:
         """Send the request; the stack closes the response, and with it the upstream."""
         completions = self.client.chat.completions.with_streaming_response
+        body = self._body(request)
+        # The SDK walks every message through its TypedDict unions before sending: about
+        # 7 ms of event-loop CPU for 40 turns, to change nothing in plain role/content
+        # dicts. extra_body is merged after that walk, so the messages skip it.
+        messages = body.pop("messages")
         try:
-            return await stack.enter_async_context(completions.create(**self._body(request)))
+            return await stack.enter_async_context(
+                completions.create(**body, messages=[], extra_body={"messages": messages})
+            )
         except openai.APIStatusError as exc:
             # Some OpenAI-compatible servers refuse ``stream_options``: ask once more without.
             if (
