@@ -4,18 +4,65 @@ Django's ASGI handler runs each request's sync parts (middleware, ORM calls) on 
 thread of its own. A burst (a thousand people pressing send within a second) then
 means a thousand threads contending for the GIL, each with its own database
 connection, and everyone's reply starting late. Here a waiting request costs a
-coroutine until a place is free, and requests are served in the order they came.
-A request gives its place up when its response starts, so a stream that stays
-open for minutes holds none.
+coroutine until a place is free. A request gives its place up when its response
+starts, so a stream that stays open for minutes holds none.
+
+Event streams (``Accept: text/event-stream``, as every EventSource sends) go first:
+their message is stored and its reply running, and a live stream's request is
+cheap, so in a burst people already served see their reply start rather than
+waiting behind every send that came after theirs. The rest go in arrival order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
+from collections import deque
 from typing import Any
 
 Scope = dict[str, Any]
+
+
+class _Places:
+    """``count`` places; a freed place goes to the first waiting stream, else the first waiter."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self.waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
+
+    async def take(self, stream: bool) -> None:
+        if self.free > 0 and not any(self.waiting):
+            self.free -= 1
+            return
+        queue = self.waiting[0 if stream else 1]
+        place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(place)
+        try:
+            await place
+        except asyncio.CancelledError:
+            if place.done() and not place.cancelled():
+                self.give_back()  # given a place while being cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(place)
+            raise
+
+    def give_back(self) -> None:
+        for queue in self.waiting:
+            while queue:
+                place = queue.popleft()
+                if not place.done():
+                    place.set_result(None)
+                    return
+        self.free += 1
+
+
+def _wants_event_stream(scope: Scope) -> bool:
+    return any(
+        name == b"accept" and b"text/event-stream" in value
+        for name, value in scope.get("headers", ())
+    )
 
 
 class AdmissionLimit:
@@ -24,7 +71,7 @@ class AdmissionLimit:
     def __init__(self, app: Any, limit: int) -> None:
         self.app = app
         self.limit = limit
-        self._places: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+        self._places: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Places] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -34,15 +81,15 @@ class AdmissionLimit:
         loop = asyncio.get_running_loop()
         places = self._places.get(loop)
         if places is None:
-            places = self._places[loop] = asyncio.Semaphore(self.limit)
-        await places.acquire()
+            places = self._places[loop] = _Places(self.limit)
+        await places.take(stream=_wants_event_stream(scope))
         held = True
 
         def give_up() -> None:
             nonlocal held
             if held:
                 held = False
-                places.release()
+                places.give_back()
 
         async def send_and_give_up(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

@@ -1,4 +1,5 @@
-"""The project's admission limit: a few requests in Django at once, streams hold no place."""
+"""The project's admission limit: a few requests in Django at once, streams first and
+holding no place once they stream."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from project.admission import AdmissionLimit
+from project.admission import AdmissionLimit, _Places
 
 
 class App:
@@ -76,6 +77,49 @@ async def test_a_started_stream_holds_no_place() -> None:
     assert answered[-1]["body"] == b"ok" and not stream.done()
     inner.stream_ends.set()
     await asyncio.wait_for(stream, timeout=10)
+
+
+async def test_waiting_event_streams_go_before_other_waiting_requests() -> None:
+    inner = App()
+    app = AdmissionLimit(inner, 1)
+    accept = [(b"accept", b"text/event-stream")]
+    calls = [asyncio.ensure_future(call(app, n)) for n in range(3)]
+    await settle()
+    stream = asyncio.ensure_future(call(app, 3, stream=True, headers=accept))
+    await settle()
+    assert inner.order == [0]
+    inner.release.set()
+    await asyncio.wait_for(asyncio.gather(*calls), timeout=10)
+    assert inner.order == [0, 3, 1, 2]
+    inner.stream_ends.set()
+    await asyncio.wait_for(stream, timeout=10)
+
+
+async def test_a_cancelled_waiter_loses_no_place() -> None:
+    places = _Places(1)
+    await places.take(stream=False)
+    waiter = asyncio.ensure_future(places.take(stream=False))
+    await settle()
+    waiter.cancel()
+    await settle()
+    places.give_back()
+    assert places.free == 1 and not any(places.waiting)
+
+
+async def test_a_place_given_to_a_waiter_cancelled_meanwhile_is_passed_on() -> None:
+    places = _Places(1)
+    await places.take(stream=False)
+    first = asyncio.ensure_future(places.take(stream=False))
+    second = asyncio.ensure_future(places.take(stream=True))
+    await settle()
+    places.give_back()  # to the stream
+    second.cancel()  # before it could run
+    await settle()
+    assert first.done() and not first.cancelled()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    places.give_back()
+    assert places.free == 1
 
 
 async def test_a_failing_request_gives_its_place_back() -> None:
