@@ -229,7 +229,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         reply_id = str(reply.pk)
         length = None
         if reply.status == Status.STREAMING:
-            length = await get_reply_log().length(reply_id)
+            length = await get_reply_log().length_reaching(reply_id, offset)
         if length is None:
             reply = await reading.finished(reply_id)
             length = len(reply.content)

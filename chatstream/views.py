@@ -344,7 +344,7 @@ async def _unavailable(error: ReplyLogUnavailable) -> AsyncGenerator[bytes, None
     yield sse.encode_json(error.as_dict(), event="error")
 
 
-async def _own_live_length(owner: Owner, reply_id: str) -> int | None:
+async def _own_live_length(owner: Owner, reply_id: str, offset: int) -> int | None:
     """The reply's length if its log holds it for this owner, else ``None``.
 
     Most streams start while their reply is live: they then need no database.
@@ -353,7 +353,7 @@ async def _own_live_length(owner: Owner, reply_id: str) -> int | None:
     try:
         if await log.owner(reply_id) != owner.key:
             return None
-        return await log.length(reply_id)
+        return await log.length_reaching(reply_id, offset)
     except ReplyLogUnavailable:
         return None  # the database path below answers (and reports it)
 
@@ -366,7 +366,7 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
     # Compressing middleware (GZipMiddleware and kin) reads Accept-Encoding when the
     # response passes; without it they leave the stream alone, unbuffered.
     request.META.pop("HTTP_ACCEPT_ENCODING", None)
-    length = await _own_live_length(owner, reply_id)
+    length = await _own_live_length(owner, reply_id, offset)
     if length is not None:
         return await _follow(reply_id, offset, length)
     message = await _message(owner, message_id)
@@ -374,7 +374,7 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
         raise NotFound("No such reply.")
     if message.status == Status.STREAMING:
         try:
-            length = await get_reply_log().length(reply_id)
+            length = await get_reply_log().length_reaching(reply_id, offset)
             if length is None:
                 message = await reading.finished(reply_id)
         except ReplyLogUnavailable as error:

@@ -59,6 +59,7 @@ class _TwoWorkers(ReplyLog):
 
     read = property(lambda self: self.other.read)
     length = property(lambda self: self.other.length)
+    length_reaching = property(lambda self: self.other.length_reaching)
     owner = property(lambda self: self.other.owner)
     request_stop = property(lambda self: self.other.request_stop)
     is_alive = property(lambda self: self.other.is_alive)
@@ -132,6 +133,27 @@ async def test_reader_on_another_worker_follows_and_resumes(
     await owner.finish(reply, {"status": "complete"})
     rest = await reader.read(reply, 3, timeout=5)
     assert (rest.text, rest.end, rest.final) == ("lo, world", 12, {"status": "complete"})
+
+
+async def test_a_resume_on_another_worker_waits_for_the_batch_holding_its_offset(
+    redis_url: str, prefix: str
+) -> None:
+    # The owner's own readers see text at once; other workers once its batch is flushed.
+    owner = make_log(redis_url, prefix, batch_interval=0.3)
+    other = make_log(redis_url, prefix)
+    reply = new_id()
+    try:
+        await owner.open(reply)
+        await owner.append(reply, "Hello")
+        assert await other.length(reply) == 0
+        assert await asyncio.wait_for(other.length_reaching(reply, 5), 5) == 5
+        # An offset past all the text is given up on after a short wait: the caller's 4xx.
+        assert await asyncio.wait_for(other.length_reaching(reply, 99), 5) == 5
+        await owner.finish(reply, {"status": "complete"})
+        assert await asyncio.wait_for(other.length_reaching(reply, 99), 0.5) == 5
+    finally:
+        await owner.aclose()
+        await other.aclose()
 
 
 async def test_stop_from_another_worker_reaches_the_owner(

@@ -91,6 +91,14 @@ class ReplyLog(abc.ABC):
     async def length(self, reply_id: str) -> int | None:
         """The text's current length, or ``None`` without a log."""
 
+    async def length_reaching(self, reply_id: str, offset: int) -> int | None:
+        """``length()``, for a reader about to resume from ``offset``.
+
+        A log that shows other workers its text later than its owner's own readers
+        (the Redis log batches) waits here for the text to reach ``offset``.
+        """
+        return await self.length(reply_id)
+
     @abc.abstractmethod
     async def owner(self, reply_id: str) -> str | None:
         """The ``owner`` the log was opened for, or ``None`` without a log."""

@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 _ORPHAN_TTL = 24 * 3600  # a log whose owner vanished before finish() still goes away
 _CURSORS = 20_000  # remembered (reply, offset) -> stream id hints
 _RETRY_DELAY = 0.5  # seconds between flush attempts while Redis is away
+_CATCH_UP = 1.0  # seconds, past two batches, a resume waits for its offset to arrive
 
 
 class _Writer:
@@ -302,6 +303,23 @@ class RedisReplyLog(ReplyLog):
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
         return int(last[0][1]["e"]) if last else None
+
+    async def length_reaching(self, reply_id: str, offset: int) -> int | None:
+        # The owner's readers may have sent text that is still batched there: a
+        # client resuming here from their offset waits out a flush or two for it.
+        length = await self.length(reply_id)
+        if length is None or length >= offset or reply_id in self._state.writers:
+            return length
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * self.batch_interval + _CATCH_UP
+        while length < offset and (left := deadline - loop.time()) > 0:
+            read = await self.read(reply_id, length, left)
+            if read is None:
+                return None
+            length = read.end
+            if read.final is not None:
+                break
+        return length
 
     async def owner(self, reply_id: str) -> str | None:
         writer = self._state.writers.get(reply_id)
