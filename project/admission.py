@@ -7,10 +7,10 @@ connection, and everyone's reply starting late. Here a waiting request costs a
 coroutine until a place is free. A request gives its place up when its response
 starts, so a stream that stays open for minutes holds none.
 
-Event streams (``Accept: text/event-stream``, as every EventSource sends) go first:
-their message is stored and its reply running, and a live stream's request is
-cheap, so in a burst people already served see their reply start rather than
-waiting behind every send that came after theirs. The rest go in arrival order.
+Event streams (a GET with ``Accept: text/event-stream``, as every EventSource
+sends) go first: their message is stored and its reply running, and a live stream's
+request is cheap, so in a burst people already served see their reply start rather
+than waiting behind every send that came after theirs. The rest go in arrival order.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class _Places:
 
 
 def _wants_event_stream(scope: Scope) -> bool:
-    return any(
+    return scope.get("method") == "GET" and any(
         name == b"accept" and b"text/event-stream" in value
         for name, value in scope.get("headers", ())
     )

@@ -83,9 +83,11 @@ async def test_waiting_event_streams_go_before_other_waiting_requests() -> None:
     inner = App()
     app = AdmissionLimit(inner, 1)
     accept = [(b"accept", b"text/event-stream")]
-    calls = [asyncio.ensure_future(call(app, n)) for n in range(3)]
+    calls = [asyncio.ensure_future(call(app, n, method="GET")) for n in range(2)]
+    # Only a GET asks for a stream: a POST saying it accepts one waits its turn.
+    calls.append(asyncio.ensure_future(call(app, 2, method="POST", headers=accept)))
     await settle()
-    stream = asyncio.ensure_future(call(app, 3, stream=True, headers=accept))
+    stream = asyncio.ensure_future(call(app, 3, method="GET", stream=True, headers=accept))
     await settle()
     assert inner.order == [0]
     inner.release.set()
