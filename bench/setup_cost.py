@@ -133,6 +133,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--relays", default="chatstream,baseline", help="which to measure")
     parser.add_argument("--history", type=int, default=0, help="earlier turns per reply")
+    parser.add_argument(
+        "--database-url", default="", help="a database to use instead of a new SQLite file"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="chatstream-setup-"))
     upstream = subprocess.Popen(
@@ -143,6 +146,8 @@ def main() -> None:
         assert upstream.stdout is not None
         port = int(upstream.stdout.readline().split()[1])
         os.environ.update(django_environment(workdir / "db.sqlite3", port))
+        if args.database_url:
+            os.environ["DATABASE_URL"] = args.database_url
         for command in (["manage.py", "migrate", "-v0"], ["manage.py", "chatstream_seed"]):
             subprocess.run([sys.executable, *command], cwd=ROOT, check=True, capture_output=True)
         count = (5 + args.rounds * args.replies) * 2

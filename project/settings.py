@@ -84,6 +84,15 @@ DATABASES = {
         default=f"sqlite:///{_SQLITE_PATH}", conn_max_age=0, conn_health_checks=True
     )
 }
+# PostgreSQL: Django's connection pool (psycopg_pool). Without it every request, and
+# every thread-sensitive context under ASGI, opens a connection of its own.
+DB_POOL_SIZE = int(os.environ.get("DJANGO_DB_POOL_SIZE", "16"))
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL_SIZE > 0:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DB_POOL_SIZE,
+        "timeout": 20,  # seconds a request waits for a connection before failing
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # Concurrent readers and one writer without "database is locked" errors.

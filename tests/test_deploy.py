@@ -7,7 +7,10 @@ import secrets
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
 from django.test import AsyncClient, override_settings
 
@@ -37,6 +40,46 @@ def test_check_deploy_is_clean_with_production_settings() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[tuple[str, str]]:
+    """(URL, name) of a new PostgreSQL database of this test's own; skips without one."""
+    admin, name = "postgresql://postgres@127.0.0.1:5432/test", f"chatstream_pool_{uuid.uuid4().hex}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=2) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError:
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}", name
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _connections_to(name: str) -> int:
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test") as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [name]
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("pool_size", [3, 0])
+def test_postgresql_connections_are_pooled(
+    fresh_server: Any, fake_openai: FakeOpenAI, postgres_database: tuple[str, str], pool_size: int
+) -> None:
+    url, name = postgres_database
+    server = fresh_server(DATABASE_URL=url, DJANGO_DB_POOL_SIZE=str(pool_size))
+    with server.client() as client:
+        for i in range(3):  # whole replies: the POST, the generation, the stream
+            started = client.start(fake_openai.script(f"pool-{i}", Script(tokens=["a", "b"])))
+            assert client.read_all(started["stream_url"])[-1].event == "done"
+    held = _connections_to(name)
+    if pool_size:
+        assert 1 <= held <= pool_size  # kept open for the next requests, never more
+    else:
+        assert held == 0  # each request opened its own and closed it
 
 
 def test_production_settings_refuse_to_start_without_a_secret_key() -> None:
