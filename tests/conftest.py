@@ -257,10 +257,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # the machine's, trust auth
+
+
 @pytest.fixture(scope="session")
 def shared_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database for several server processes: PostgreSQL when it answers, else SQLite."""
-    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    admin = f"{POSTGRES}/test"
     name = f"chatstream_live_{os.getpid()}"
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=2) as connection:
@@ -269,6 +272,6 @@ def shared_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     except psycopg.OperationalError:
         yield f"sqlite:///{tmp_path_factory.mktemp('shared') / 'db.sqlite3'}"
         return
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    yield f"{POSTGRES}/{name}"
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -15,7 +15,7 @@ import pytest
 from django.test import AsyncClient, override_settings
 
 from chatstream.models import Message
-from tests.conftest import ROOT
+from tests.conftest import POSTGRES, ROOT
 from tests.fake_openai import FakeOpenAI, Script
 from tests.settings import CHATSTREAM as TEST_CHATSTREAM
 from tests.test_generation import upstream
@@ -45,19 +45,19 @@ def test_check_deploy_is_clean_with_production_settings() -> None:
 @pytest.fixture
 def postgres_database() -> Iterator[tuple[str, str]]:
     """(URL, name) of a new PostgreSQL database of this test's own; skips without one."""
-    admin, name = "postgresql://postgres@127.0.0.1:5432/test", f"chatstream_pool_{uuid.uuid4().hex}"
+    admin, name = f"{POSTGRES}/test", f"chatstream_pool_{uuid.uuid4().hex}"
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=2) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError:
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}", name
+    yield f"{POSTGRES}/{name}", name
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _connections_to(name: str) -> int:
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test") as connection:
+    with psycopg.connect(f"{POSTGRES}/test") as connection:
         row = connection.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [name]
         ).fetchone()
