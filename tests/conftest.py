@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -260,18 +261,28 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # the machine's, trust auth
 
 
-@pytest.fixture(scope="session")
-def shared_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database for several server processes: PostgreSQL when it answers, else SQLite."""
+@contextlib.contextmanager
+def new_postgres_database(name: str) -> Iterator[str | None]:
+    """A new database on the machine's PostgreSQL, dropped after; ``None`` if it is absent."""
     admin = f"{POSTGRES}/test"
-    name = f"chatstream_live_{os.getpid()}"
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=2) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
             connection.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError:
-        yield f"sqlite:///{tmp_path_factory.mktemp('shared') / 'db.sqlite3'}"
-        return
-    yield f"{POSTGRES}/{name}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        url = None
+    else:
+        url = f"{POSTGRES}/{name}"
+    try:
+        yield url
+    finally:
+        if url is not None:
+            with psycopg.connect(admin, autocommit=True) as connection:
+                connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def shared_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database for several server processes: PostgreSQL when it answers, else SQLite."""
+    with new_postgres_database(f"chatstream_live_{os.getpid()}") as url:
+        yield url or f"sqlite:///{tmp_path_factory.mktemp('shared') / 'db.sqlite3'}"

@@ -15,7 +15,7 @@ import pytest
 from django.test import AsyncClient, override_settings
 
 from chatstream.models import Message
-from tests.conftest import POSTGRES, ROOT
+from tests.conftest import POSTGRES, ROOT, new_postgres_database
 from tests.fake_openai import FakeOpenAI, Script
 from tests.settings import CHATSTREAM as TEST_CHATSTREAM
 from tests.test_generation import upstream
@@ -45,15 +45,11 @@ def test_check_deploy_is_clean_with_production_settings() -> None:
 @pytest.fixture
 def postgres_database() -> Iterator[tuple[str, str]]:
     """(URL, name) of a new PostgreSQL database of this test's own; skips without one."""
-    admin, name = f"{POSTGRES}/test", f"chatstream_pool_{uuid.uuid4().hex}"
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=2) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError:
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    yield f"{POSTGRES}/{name}", name
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    name = f"chatstream_pool_{uuid.uuid4().hex}"
+    with new_postgres_database(name) as url:
+        if url is None:
+            pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+        yield url, name
 
 
 def _connections_to(name: str) -> int:
