@@ -209,10 +209,11 @@ class Server:
     profile: Path | None = None  # cProfile's output: the server runs under it
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    app: str = "project.asgi:application"
 
     def start(self) -> Server:
         self.port = free_port()
-        app = "project.asgi:application"
+        app = self.app
         python = [PYTHON]
         if self.profile is not None:
             python += ["-m", "cProfile", "-o", str(self.profile)]

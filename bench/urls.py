@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from bench import baseline
+from bench import baseline, floor
 
 urlpatterns = [
     path("bench/baseline/", baseline.stream),
     path("bench/stats/", baseline.stats),
+    path("bench/floor/", floor.django_stream),
     path("", include("chatstream.urls")),
 ]
