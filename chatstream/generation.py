@@ -198,9 +198,9 @@ class Generation:
 
     async def _watch(self) -> None:
         """Return when the reply must stop: asked to, or abandoned under the cancel policy."""
-        stop = asyncio.ensure_future(self.log.wait_stop(self.spec.reply_id))
         if self.settings.disconnect_policy != "cancel":
-            return await stop
+            return await self.log.wait_stop(self.spec.reply_id)  # no second task per reply
+        stop = asyncio.ensure_future(self.log.wait_stop(self.spec.reply_id))
         loop, grace = asyncio.get_running_loop(), self.settings.disconnect_grace
         alone_since: float | None = None
         try:
