@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ from bench.run import (  # noqa: E402
     proc_cpu,
     proc_threads,
     raise_open_files,
+    settled_rss,
 )
 
 _DJANGO = "project.asgi:application"
@@ -97,15 +97,6 @@ async def _paced_stream(port: int, path: str, delay: float) -> int:
         writer.close()
 
 
-async def _settled_rss(server: Server) -> float:
-    await asyncio.sleep(1.0)
-    samples = []
-    for _ in range(5):
-        await asyncio.sleep(0.1)
-        samples.append(server.rss_kb())
-    return statistics.median(samples)
-
-
 async def idle_memory(server: Server, path: str, streams: int) -> str:
     writers: list[asyncio.StreamWriter] = []
 
@@ -117,12 +108,12 @@ async def idle_memory(server: Server, path: str, streams: int) -> str:
 
     try:
         await open_some(10)  # what the first requests cost once: imports, pools
-        before = await _settled_rss(server)
+        before = await settled_rss(server)
         half = streams // 2
         await open_some(half)
-        at_half = await _settled_rss(server)
+        at_half = await settled_rss(server)
         await open_some(streams - half)
-        at_all = await _settled_rss(server)
+        at_all = await settled_rss(server)
         threads = proc_threads(server.pid)
     finally:
         for writer in writers:

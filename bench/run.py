@@ -576,7 +576,7 @@ def idle_scenario(bench: Bench) -> Callable[..., Awaitable[dict[str, Any]]]:
         count, delay = sizes.idle_streams, sizes.idle_delay
         half = count // 2
         loop = asyncio.get_running_loop()
-        before = await _settled_rss(server)
+        before = await settled_rss(server)
         began = loop.time()
         owners = bench.owners[:count]
         opened = (await bench.upstream.astats())["started"]
@@ -593,11 +593,11 @@ def idle_scenario(bench: Bench) -> Callable[..., Awaitable[dict[str, Any]]]:
 
         spread = max(1.0, half / 40)  # no backlog of POSTs: they would count as streams
         first = await open_some(owners[:half], spread, opened + half)
-        at_half = await _settled_rss(server)
+        at_half = await settled_rss(server)
         if bench.tracemalloc:
             await target.get_json("/bench/stats/?allocations=1")
         second = await open_some(owners[half:], spread, opened + count)
-        at_all = await _settled_rss(server)
+        at_all = await settled_rss(server)
         threads, db_files = proc_threads(server.pid), _open_db_files(server)
         allocations = None
         if bench.tracemalloc:
@@ -635,7 +635,7 @@ def _open_db_files(server: Server) -> int:
     return count
 
 
-async def _settled_rss(server: Server) -> float:
+async def settled_rss(server: Server) -> float:
     await asyncio.sleep(0.5)
     samples = []
     for _ in range(5):
