@@ -1,11 +1,11 @@
 """The layers under chatstream, each streaming with nothing else to do.
 
-``bench/floors.py`` measures what an open stream, and a relayed token, cost in
-each: what no relay built on them can go below. Every stream sends its headers
-and a first event; then, by the query string, it waits until the client hangs up
-(``events=0``), or sends ``events`` delta events at ``rate`` a second, each when
-a timer fires or, with ``upstream=1``, when the model's server sends the token,
-and a ``done`` event.
+The ``floors`` scenario of ``bench/run.py`` measures what an open stream, and a
+relayed token, cost in each: what no relay built on them can go below. Every
+stream sends its headers and a first event; then, by the query string, it waits
+until the client hangs up (``events=0``), or sends ``events`` delta events at
+``rate`` a second, each when a timer fires or, with ``upstream=1``, when the
+model's server sends the token, and a ``done`` event.
 """
 
 from __future__ import annotations

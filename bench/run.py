@@ -54,6 +54,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 CHECKPOINT_INTERVAL = 5.0  # chatstream's default, which bench/settings.py keeps
 VARIANTS = ("chatstream", "baseline")
+DJANGO_APP = "project.asgi:application"
 WARM_OWNERS = 10
 
 
@@ -94,7 +95,7 @@ QUICK = Sizes(
     nonreading_hold=5.0,
     readers=50,
 )
-SCENARIOS = ("streams", "throughput", "setup", "idle", "nonreading", "redis")
+SCENARIOS = ("streams", "throughput", "setup", "idle", "nonreading", "floors", "redis")
 
 
 # --- processes ------------------------------------------------------------------------
@@ -209,7 +210,7 @@ class Server:
     profile: Path | None = None  # cProfile's output: the server runs under it
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
-    app: str = "project.asgi:application"
+    app: str = DJANGO_APP
 
     def start(self) -> Server:
         self.port = free_port()
@@ -337,14 +338,19 @@ class Bench:
             spy.wait(timeout=30)
 
     def new_server(
-        self, kind: str, redis_url: str = "", profile: Path | None = None, admission: bool = True
+        self,
+        kind: str,
+        redis_url: str = "",
+        profile: Path | None = None,
+        admission: bool = True,
+        app: str = DJANGO_APP,
     ) -> Server:
         self.counter += 1
         db = self.workdir / f"db-{self.counter}.sqlite3"
         shutil.copyfile(self.template, db)
         log = self.workdir / f"server-{self.counter}-{kind}.log"
         env = self.server_env(redis_url, db, admission)
-        server = Server(kind, env, self.server_core, log, profile)
+        server = Server(kind, env, self.server_core, log, profile, app=app)
         return server.start()
 
     async def run(
@@ -353,6 +359,7 @@ class Bench:
         scenario: str,
         variant: str,
         body: Callable[[Target, Server], Awaitable[dict[str, Any]]],
+        app: str = DJANGO_APP,
     ) -> dict[str, Any]:
         redis = variant == "chatstream+redis"
         profile = self.profile and variant != "baseline"
@@ -368,9 +375,11 @@ class Bench:
                 self.redis_url if redis else "",
                 profile=out if profile else None,
                 admission=variant != "baseline",
+                app=app,
             )
             target = Target(server.port, variant)
-            await self.warm_up(target)
+            if app == DJANGO_APP:  # a floor warms itself up
+                await self.warm_up(target)
             redis_cpu = proc_cpu(self.redis_pid) if redis and self.redis_pid else None
             with self.sampled(server, out.with_suffix(".txt")):
                 record.update(await asyncio.wait_for(body(target, server), 600))
@@ -709,6 +718,116 @@ async def _completed(target: Target, results: list[StreamResult], owners: list[O
     return complete
 
 
+# --- floors: the layers under chatstream, alone (bench/floor.py) ----------------------
+
+FLOORS = {
+    "floor: asgi": ("bench.floor:asgi_application", "/?"),
+    "floor: django": (DJANGO_APP, "/bench/floor/?release=1&"),
+    "floor: django, thread kept": (DJANGO_APP, "/bench/floor/?"),
+    "floor: django + SDK": (DJANGO_APP, "/bench/floor/?release=1&upstream=1&"),
+}
+_FLOOR_BATCH = 50  # idle floor streams opened at once
+_FLOOR_OPEN_TIMEOUT = 60.0  # seconds for one batch to open
+
+
+async def _floor_open(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A GET whose first event has arrived."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await reader.readuntil(b"\r\n\r\n")  # the headers
+    await reader.readuntil(b"\n\n")  # the first event
+    return reader, writer
+
+
+async def _floor_stream(port: int, path: str, delay: float) -> int:
+    """One floor stream to its ``done``: the deltas it got, or -1 if it failed."""
+    await asyncio.sleep(delay)
+    try:
+        reader, writer = await _floor_open(port, path)
+    except (OSError, asyncio.IncompleteReadError):
+        return -1
+    try:
+        deltas, pending = 0, b""
+        while data := await reader.read(65536):
+            *events, pending = (pending + data).split(b"\n\n")
+            for event in events:
+                if b"event: done" in event:
+                    return deltas
+                deltas += b"event: delta" in event
+        return -1
+    except OSError:
+        return -1
+    finally:
+        writer.close()
+
+
+def floor_idle_scenario(bench: Bench, path: str) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """The idle scenario's measure for a floor: streams open, half and then all."""
+    count = bench.sizes.idle_streams
+
+    async def body(target: Target, server: Server) -> dict[str, Any]:
+        writers: list[asyncio.StreamWriter] = []
+
+        async def open_some(number: int) -> None:
+            for start in range(0, number, _FLOOR_BATCH):
+                size = min(_FLOOR_BATCH, number - start)
+                batch = asyncio.gather(*(_floor_open(server.port, path) for _ in range(size)))
+                writers.extend(w for _, w in await asyncio.wait_for(batch, _FLOOR_OPEN_TIMEOUT))
+
+        try:
+            await open_some(WARM_OWNERS)  # what the first requests cost once: imports, pools
+            before = await settled_rss(server)
+            await open_some(count // 2)
+            at_half = await settled_rss(server)
+            await open_some(count - count // 2)
+            at_all = await settled_rss(server)
+            threads = proc_threads(server.pid)
+        finally:
+            for writer in writers:
+                writer.close()
+        return {
+            "streams": count,
+            "ok": count,
+            "rss_start_mb": round(before / 1024, 1),
+            "rss_peak_mb": round(at_all / 1024, 1),
+            "open_at_sample": count,
+            "idle_kb_per_stream": round((at_all - at_half) / (count - count // 2), 1),
+            "idle_kb_per_stream_all": round((at_all - before) / count, 1),
+            "threads_at_all": threads,
+        }
+
+    return body
+
+
+def floor_streams_scenario(
+    bench: Bench, path: str, count: int
+) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """The streams scenario's load for a floor: server CPU per delta."""
+    sizes = bench.sizes
+    path += f"events={sizes.stream_tokens}&rate={sizes.rate:g}"
+
+    async def body(target: Target, server: Server) -> dict[str, Any]:
+        await asyncio.gather(*(_floor_stream(server.port, path, 0) for _ in range(WARM_OWNERS)))
+        cpu_before, began = proc_cpu(server.pid), time.monotonic()
+        load = (_floor_stream(server.port, path, i / count) for i in range(count))
+        got = await asyncio.wait_for(asyncio.gather(*load), sizes.stream_tokens / sizes.rate + 240)
+        cpu, wall = proc_cpu(server.pid) - cpu_before, time.monotonic() - began
+        ok = sum(1 for deltas in got if deltas == sizes.stream_tokens)
+        return finish(
+            {
+                "streams": count,
+                "ok": ok,
+                "errors": count - ok,
+                "server_cpu_s": round(cpu, 3),
+                "wall_s": round(wall, 2),
+                "tokens": sum(deltas for deltas in got if deltas > 0),
+            },
+            0,
+        )
+
+    return body
+
+
 # --- the matrix -----------------------------------------------------------------------
 
 
@@ -735,6 +854,13 @@ async def run_matrix(bench: Bench, servers: list[str], scenarios: list[str]) -> 
             elif scenario == "nonreading":
                 for variant in VARIANTS:
                     await bench.run(kind, "nonreading", variant, nonreading_scenario(bench))
+            elif scenario == "floors":
+                big = max(sizes.streams)
+                for variant, (app, path) in FLOORS.items():
+                    idle = floor_idle_scenario(bench, path + "events=0")
+                    await bench.run(kind, "idle", variant, idle, app)
+                    paced = floor_streams_scenario(bench, path, big)
+                    await bench.run(kind, f"streams-{big}", variant, paced, app)
             elif scenario == "redis" and kind == servers[0]:
                 if not bench.redis_url:
                     continue
@@ -911,6 +1037,25 @@ def targets(rows: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, Any]]:
                 kind,
                 f"{mine['idle_kb_per_stream']} KB",
                 mine["idle_kb_per_stream"] < 50,
+            )
+        # Not targets: the floors under them, what the layers below cost alone.
+        floor = found.get((kind, "idle", "floor: django + SDK"))
+        if floor:
+            check(
+                "idle memory: the floor (a Django stream with an open SDK request)",
+                kind,
+                f"{floor['idle_kb_per_stream']} KB",
+                None,
+            )
+        floor = found.get((kind, big, "floor: django + SDK"))
+        base = found.get((kind, big, "baseline"))
+        if floor and base and floor.get("cpu_us_per_token") and base.get("cpu_us_per_token"):
+            check(
+                f"{big}: CPU/token floor (a relay on the SDK: no log, no saving, no set-up)",
+                kind,
+                f"{floor['cpu_us_per_token']} µs; a third of the baseline's: "
+                f"{base['cpu_us_per_token'] / 3:.1f} µs",
+                None,
             )
         for scenario in ("throughput", big):
             memory = found.get((kind, scenario, "chatstream"))

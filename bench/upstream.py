@@ -127,6 +127,8 @@ class Upstream:
         self.active = 0
 
     def begin(self, stream: _Stream) -> None:
+        if not stream.alive:  # its connection closed while it waited for its delay
+            return
         self.started += 1
         self.active += 1
         if stream.interval:
