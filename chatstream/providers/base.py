@@ -26,13 +26,19 @@ class ChatRequest:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    #: Of ``completion_tokens``, those the model spent thinking (``None``: not reported).
+    reasoning_tokens: int | None = None
+    #: Of ``prompt_tokens``, those served from the upstream's prompt cache.
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of a reply: new text, and/or how it finished, and/or the usage report."""
+    """A piece of a reply: new answer text and/or reasoning, how it finished, the usage."""
 
     text: str = ""
+    #: The model's reasoning (or a summary of it), streamed before and between answer text.
+    reasoning: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
 
