@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import openai
@@ -11,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from chatstream.exceptions import UpstreamError
 from chatstream.providers.base import ChatRequest, Chunk, Usage
-from chatstream.providers.openai import AzureOpenAIProvider, OpenAIProvider
+from chatstream.providers.openai import AzureOpenAIProvider, OpenAIProvider, is_reasoning_model
 from tests.fake_openai import FakeOpenAI, Script
 
 
@@ -19,15 +20,32 @@ def trigger(fake: FakeOpenAI, script: Script) -> str:
     return fake.script(f"p-{uuid.uuid4().hex}", script)
 
 
-def request_for(prompt: str) -> ChatRequest:
-    return ChatRequest(model="fake-model", messages=[{"role": "user", "content": prompt}])
+def request_for(prompt: str, model: str = "fake-model", **fields: object) -> ChatRequest:
+    messages = [{"role": "user", "content": prompt}]
+    return ChatRequest(model=model, messages=messages, **fields)  # type: ignore[arg-type]
 
 
-async def collect(provider: OpenAIProvider, prompt: str) -> list[Chunk]:
+async def collect(provider: OpenAIProvider, prompt: str, **fields: object) -> list[Chunk]:
     try:
-        return [chunk async for chunk in provider.stream(request_for(prompt))]
+        return [chunk async for chunk in provider.stream(request_for(prompt, **fields))]
     finally:
         await provider.aclose()
+
+
+async def reply(provider: OpenAIProvider, request: ChatRequest) -> list[Chunk]:
+    """One reply, keeping the provider (and what it learned) open."""
+    return [chunk async for chunk in provider.stream(request)]
+
+
+def parts(chunks: list[Chunk]) -> list[tuple[str, str]]:
+    """The reply's pieces in order, as ("reasoning" | "text", piece)."""
+    found = []
+    for chunk in chunks:
+        if chunk.reasoning:
+            found.append(("reasoning", chunk.reasoning))
+        if chunk.text:
+            found.append(("text", chunk.text))
+    return found
 
 
 @pytest.fixture
@@ -261,3 +279,321 @@ async def test_azure_deployment_path_key_header_and_chunk_shapes(fake_openai: Fa
     assert sent.path.startswith("/openai/deployments/fake-model/chat/completions")
     assert "api-version=2024-10-21" in sent.path
     assert sent.headers["api-key"] == "azure-secret"
+
+
+# --- parameters per model family ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "thinks"),
+    [
+        ("o1", True),
+        ("o3-mini", True),
+        ("o4-mini", True),
+        ("gpt-5", True),
+        ("gpt-5.1-chat-latest", True),
+        ("openai/o3", True),
+        ("gpt-4o", False),
+        ("gpt-4.1-mini", False),
+        ("deepseek-reasoner", False),
+        ("qwen3:8b", False),
+        ("gpt-oss:20b", False),
+        ("omni-moderation", False),
+    ],
+)
+def test_reasoning_models_are_known_by_name(model: str, thinks: bool) -> None:
+    assert is_reasoning_model(model) is thinks
+
+
+@pytest.mark.parametrize(
+    ("provider_class", "options", "param"),
+    [
+        (OpenAIProvider, {}, "max_completion_tokens"),
+        (OpenAIProvider, {"base_url": "https://api.openai.com/v1"}, "max_completion_tokens"),
+        (
+            OpenAIProvider,
+            {"base_url": "https://res.openai.azure.com/openai/v1/"},
+            "max_completion_tokens",
+        ),
+        (
+            AzureOpenAIProvider,
+            {"azure_endpoint": "https://res.openai.azure.com", "api_version": "2024-10-21"},
+            "max_completion_tokens",
+        ),
+        (OpenAIProvider, {"base_url": "http://localhost:11434/v1"}, "max_tokens"),
+        (OpenAIProvider, {"base_url": "https://api.deepseek.com"}, "max_tokens"),
+        (
+            OpenAIProvider,
+            {"base_url": "http://localhost:8000/v1", "max_tokens_param": "max_completion_tokens"},
+            "max_completion_tokens",
+        ),
+        (OpenAIProvider, {"max_tokens_param": "max_tokens"}, "max_tokens"),
+    ],
+)
+def test_the_output_limit_is_named_by_the_server_it_goes_to(
+    monkeypatch: pytest.MonkeyPatch,
+    provider_class: type[OpenAIProvider],
+    options: dict[str, str],
+    param: str,
+) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    provider = provider_class(options={"api_key": "k", **options})
+    assert provider.token_param("gpt-4o") == param
+
+
+def test_a_wrong_max_tokens_param_is_named() -> None:
+    provider = OpenAIProvider(options={"api_key": "k", "max_tokens_param": "limit"})
+    with pytest.raises(ImproperlyConfigured) as info:
+        provider.client  # noqa: B018
+    assert str(info.value) == (
+        'Connection OPTIONS "max_tokens_param" must be "max_completion_tokens" '
+        "or \"max_tokens\", not 'limit'."
+    )
+
+
+async def test_max_tokens_param_option_names_the_limit_sent(fake_openai: FakeOpenAI) -> None:
+    provider = OpenAIProvider(
+        options={
+            "api_key": "k",
+            "base_url": fake_openai.base_url,
+            "max_tokens_param": "max_completion_tokens",
+        }
+    )
+    prompt = trigger(fake_openai, Script(tokens=["ok"]))
+    await collect(provider, prompt, max_tokens=64)
+    body = fake_openai.wait_request(prompt).body
+    assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
+
+
+async def test_a_reasoning_model_gets_no_temperature(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    prompt = trigger(fake_openai, Script(tokens=["ok"]))
+    chunks = await collect(provider, prompt, model="o3-mini", temperature=0.3)
+    assert "".join(c.text for c in chunks) == "ok"
+    assert "temperature" not in fake_openai.wait_request(prompt).body
+
+
+async def test_max_tokens_refused_by_a_reasoning_model_is_sent_again_as_max_completion_tokens(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenAI's exact 400 for gpt-5: ask once more by the other name, and remember it."""
+    first = trigger(fake_openai, Script(tokens=["one"]))
+    second = trigger(fake_openai, Script(tokens=["two"]))
+    try:
+        assert parts(await reply(provider, request_for(first, "gpt-5", max_tokens=64))) == [
+            ("text", "one")
+        ]
+        assert parts(await reply(provider, request_for(second, "gpt-5", max_tokens=64))) == [
+            ("text", "two")
+        ]
+    finally:
+        await provider.aclose()
+    limits = [
+        {k: v for k, v in r.body.items() if k.startswith("max_")}
+        for r in fake_openai.requests_for(first) + fake_openai.requests_for(second)
+    ]
+    assert limits == [
+        {"max_tokens": 64},
+        {"max_completion_tokens": 64},
+        {"max_completion_tokens": 64},
+    ]
+    assert "refused 'max_tokens' for model 'gpt-5': asking again without it." in caplog.text
+
+
+async def test_a_deployment_that_hides_its_family_is_taught_by_its_refusals(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    """Named "prod-chat" but an o3 underneath: max_tokens, then temperature, are refused."""
+    script = Script(tokens=["ok"], reasoning_model=True)
+    first, second = trigger(fake_openai, script), trigger(fake_openai, script)
+    try:
+        for prompt in (first, second):
+            request = request_for(prompt, "prod-chat", temperature=0.3, max_tokens=64)
+            assert parts(await reply(provider, request)) == [("text", "ok")]
+    finally:
+        await provider.aclose()
+    sent = [
+        {
+            k: v
+            for k, v in r.body.items()
+            if k in ("max_tokens", "max_completion_tokens", "temperature")
+        }
+        for r in fake_openai.requests_for(first) + fake_openai.requests_for(second)
+    ]
+    assert sent == [
+        {"max_tokens": 64, "temperature": 0.3},
+        {"max_completion_tokens": 64, "temperature": 0.3},
+        {"max_completion_tokens": 64},
+        {"max_completion_tokens": 64},
+    ]
+
+
+async def test_other_models_of_the_connection_keep_their_parameters(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    script = Script(tokens=["ok"], reasoning_model=True)
+    taught, other = trigger(fake_openai, script), trigger(fake_openai, Script(tokens=["ok"]))
+    try:
+        await reply(provider, request_for(taught, "prod-chat", temperature=0.3, max_tokens=8))
+        await reply(provider, request_for(other, "fake-model", temperature=0.3, max_tokens=8))
+    finally:
+        await provider.aclose()
+    body = fake_openai.wait_request(other).body
+    assert body["temperature"] == 0.3 and body["max_tokens"] == 8
+
+
+async def test_an_older_server_refusing_max_completion_tokens_gets_max_tokens(
+    fake_openai: FakeOpenAI,
+) -> None:
+    provider = OpenAIProvider(
+        options={
+            "api_key": "k",
+            "base_url": fake_openai.base_url,
+            "max_tokens_param": "max_completion_tokens",
+        }
+    )
+    prompt = trigger(fake_openai, Script(tokens=["ok"], refuse=("max_completion_tokens",)))
+    chunks = await collect(provider, prompt, max_tokens=32)
+    assert "".join(c.text for c in chunks) == "ok"
+    assert [
+        [k for k in r.body if k.startswith("max_")] for r in fake_openai.requests_for(prompt)
+    ] == [["max_completion_tokens"], ["max_tokens"]]
+
+
+async def test_a_server_refusing_every_name_for_the_limit_is_not_asked_forever(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    script = Script(tokens=["ok"], refuse=("max_tokens", "max_completion_tokens"))
+    prompt = trigger(fake_openai, script)
+    with pytest.raises(UpstreamError) as info:
+        await collect(provider, prompt, max_tokens=32)
+    assert info.value.code == "upstream_bad_request"
+    assert len(fake_openai.requests_for(prompt)) == 2
+
+
+# --- reasoning and usage -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_reasoning_deltas_come_before_the_answer(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider, field: str
+) -> None:
+    script = Script(reasoning=["Let", " me", " think"], tokens=["Hi", "!"], reasoning_field=field)
+    prompt = trigger(fake_openai, script)
+    chunks = await collect(provider, prompt)
+    assert parts(chunks) == [
+        ("reasoning", "Let"),
+        ("reasoning", " me"),
+        ("reasoning", " think"),
+        ("text", "Hi"),
+        ("text", "!"),
+    ]
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+
+
+async def test_interleaved_reasoning_keeps_its_order(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    script = Script(reasoning=["a", "b", "c"], tokens=["A", "B"], interleave=True)
+    prompt = trigger(fake_openai, script)
+    assert parts(await collect(provider, prompt)) == [
+        ("reasoning", "a"),
+        ("text", "A"),
+        ("reasoning", "b"),
+        ("text", "B"),
+        ("reasoning", "c"),
+    ]
+
+
+async def test_usage_counts_reasoning_and_cached_tokens(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    script = Script(reasoning=["r1", "r2"], hidden_reasoning=5, cached_tokens=4, tokens=["ok"])
+    prompt = trigger(fake_openai, script)
+    chunks = await collect(provider, prompt)
+    assert [c.usage for c in chunks if c.usage] == [
+        Usage(9, 8, reasoning_tokens=7, cached_tokens=4)
+    ]
+
+
+async def test_a_plain_model_reports_no_reasoning_tokens(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    prompt = trigger(fake_openai, Script(tokens=["ok"]))
+    assert [c.usage for c in await collect(provider, prompt) if c.usage] == [Usage(9, 1)]
+
+
+async def test_thinking_counts_against_the_limit(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    script = Script(hidden_reasoning=50, tokens=["never", " shown"])
+    prompt = trigger(fake_openai, script)
+    chunks = await collect(provider, prompt, model="o3-mini", max_tokens=40)
+    assert parts(chunks) == []
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["length"]
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+CONTEXT_TOO_LONG = (
+    "The conversation is too long for the model: start a new conversation, or shorten your message."
+)
+
+
+async def test_a_conversation_over_the_context_window_is_context_too_long(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    prompt = trigger(fake_openai, Script(context_window=5))
+    history = [
+        {"role": "system", "content": "You are a careful helper who answers at length."},
+        {"role": "user", "content": prompt},
+    ]
+    with (
+        caplog.at_level(logging.WARNING, "chatstream.providers.openai"),
+        pytest.raises(UpstreamError) as info,
+    ):
+        await provider.stream(ChatRequest(model="fake-model", messages=history)).__anext__()
+    await provider.aclose()
+    assert (info.value.code, info.value.message) == ("context_too_long", CONTEXT_TOO_LONG)
+    assert (
+        "The model's server answered HTTP 400 (code context_length_exceeded): "
+        "This model's maximum context length is 5 tokens." in caplog.text
+    )
+    assert "careful helper" not in caplog.text  # never the prompt
+
+
+async def test_http_413_is_context_too_long(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    prompt = trigger(fake_openai, Script(status=413))
+    with pytest.raises(UpstreamError) as info:
+        await collect(provider, prompt)
+    assert (info.value.code, info.value.message) == ("context_too_long", CONTEXT_TOO_LONG)
+
+
+async def test_a_context_error_mid_stream_is_context_too_long(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    prompt = trigger(fake_openai, Script(error_after=0, error_code="context_length_exceeded"))
+    with pytest.raises(UpstreamError) as info:
+        await collect(provider, prompt)
+    assert info.value.code == "context_too_long"
+
+
+async def test_upstream_errors_are_logged_with_status_code_and_message_without_keys(
+    fake_openai: FakeOpenAI, provider: OpenAIProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = trigger(fake_openai, Script(status=401))
+    failed = trigger(fake_openai, Script(tokens=["a", "b"], error_after=1))
+    with caplog.at_level(logging.WARNING, "chatstream.providers.openai"):
+        for prompt in (refused, failed):
+            with pytest.raises(UpstreamError):
+                await reply(provider, request_for(prompt))
+    await provider.aclose()
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "The model's server answered HTTP 401 (code x): Incorrect API key provided: [redacted]",
+        "The model's server reported an error mid-reply (code server_error): "
+        "The server had an error (key [redacted])",
+    ]
+    assert "sk-" not in caplog.text and "sk-test-secret" not in caplog.text
