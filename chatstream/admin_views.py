@@ -33,8 +33,8 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from chatstream.conf import ChatstreamSettings, get_settings
+from chatstream.ending import recover
 from chatstream.exceptions import ChatstreamError, UpstreamError
-from chatstream.generation import recover
 from chatstream.models import Assistant, Message, Role, Status
 from chatstream.providers.base import ChatRequest
 from chatstream.replylog import get_reply_log
@@ -46,6 +46,12 @@ logger = logging.getLogger(__name__)
 CHECK_TIMEOUT = 20.0
 #: The check's prompt: the fake upstream in the tests picks its script by this text.
 CHECK_PROMPT = "ping"
+#: The check's output budget. A reasoning model spends tokens thinking before its first
+#: visible one (OpenAI's o-series and gpt-5 on Chat Completions show none of it), and a
+#: deployment's name need not tell its family: every model gets room to think. The check
+#: closes the stream at the first text or reasoning, so a model that answers at once
+#: costs a token or two, not the budget.
+CHECK_MAX_TOKENS = 2048
 #: Seconds the stop button waits for the reply to be finalised before it redirects.
 _STOP_WAIT = 2.0
 USAGE_DAYS = 30
@@ -80,7 +86,10 @@ async def acheck_assistant(
     settings: ChatstreamSettings | None = None,
     timeout: float = CHECK_TIMEOUT,
 ) -> CheckResult:
-    """Send a one-token request through the assistant's connection and time the answer.
+    """Send a tiny request through the assistant's connection and time the first answer.
+
+    The first text or reasoning, or a finish, is the answer; a model that spent the
+    whole budget without either did not answer.
 
     The provider is built for this check and closed after it, rather than taken
     from ``get_provider``'s per-loop cache: from sync admin code the loop may be a
@@ -97,7 +106,9 @@ async def acheck_assistant(
         )
     result = functools.partial(CheckResult, str(assistant), name, model, is_demo=is_demo)
     request = ChatRequest(
-        model=model, messages=[{"role": "user", "content": CHECK_PROMPT}], max_tokens=1
+        model=model,
+        messages=[{"role": "user", "content": CHECK_PROMPT}],
+        max_tokens=CHECK_MAX_TOKENS,
     )
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -108,7 +119,14 @@ async def acheck_assistant(
         async with asyncio.timeout(timeout):
             async with contextlib.aclosing(provider.stream(request)) as chunks:
                 async for chunk in chunks:
-                    if chunk.text or chunk.finish_reason is not None:
+                    if chunk.finish_reason == "length" and not (chunk.text or chunk.reasoning):
+                        return result(
+                            False,
+                            code="no_answer",
+                            message=f"The model spent the check's whole budget of "
+                            f"{CHECK_MAX_TOKENS} tokens without answering.",
+                        )
+                    if chunk.text or chunk.reasoning or chunk.finish_reason is not None:
                         # Leaving the block closes the stream, and so the upstream request.
                         return result(True, latency_ms=round((loop.time() - started) * 1000))
         return result(

@@ -16,7 +16,7 @@ from django.contrib.messages import get_messages
 from django.test import AsyncClient, Client, override_settings
 from django.utils import timezone
 
-from chatstream.admin_views import CHECK_PROMPT
+from chatstream.admin_views import CHECK_MAX_TOKENS, CHECK_PROMPT
 from chatstream.generation import registry
 from chatstream.models import Assistant, Conversation, Message, Role, Status
 from chatstream.replylog import get_reply_log
@@ -35,9 +35,9 @@ SLOW_DEMO = {
 }
 
 
-def upstream(base_url: str) -> dict[str, Any]:
+def upstream(base_url: str, backend: str = "OpenAIProvider") -> dict[str, Any]:
     connection = {
-        "BACKEND": "chatstream.providers.openai.OpenAIProvider",
+        "BACKEND": f"chatstream.providers.openai.{backend}",
         "OPTIONS": {"api_key": "sk-test-secret", "base_url": base_url, "max_retries": 0},
         "MODEL": "fake-model",
     }
@@ -251,8 +251,71 @@ def test_check_connection_action_reports_model_and_latency(
     assert text.startswith("Real: model fake-model on connection 'upstream' answered in ")
     assert text.endswith(" ms.")
     request = ping_script.wait_request(CHECK_PROMPT)
-    assert request.body["max_tokens"] == 1 and request.body["model"] == "fake-model"
+    assert request.body["max_tokens"] == CHECK_MAX_TOKENS and request.body["model"] == "fake-model"
     assert request.ended_event.wait(5)
+
+
+@pytest.mark.django_db
+def test_check_connection_passes_on_a_reasoning_model_over_chat_completions(
+    admin_client: Client, ping_script: FakeOpenAI
+) -> None:
+    """o3-mini thinks before its first visible token, and refuses max_tokens."""
+    ping_script.script(CHECK_PROMPT, Script(hidden_reasoning=300, tokens=["Pong", "!"]))
+    assistant = Assistant.objects.create(
+        name="Thinker", slug="thinker", connection="upstream", model="o3-mini"
+    )
+    with override_settings(CHATSTREAM=upstream(ping_script.base_url)):
+        response = admin_client.post(
+            f"/admin/chatstream/assistant/{assistant.pk}/check-connection/", follow=True
+        )
+    [text] = shown(response)
+    assert text.startswith("Thinker: model o3-mini on connection 'upstream' answered in ")
+    sent = [r.body for r in ping_script.requests_for(CHECK_PROMPT) if r.body["model"] == "o3-mini"]
+    assert [{k: v for k, v in body.items() if k.startswith("max_")} for body in sent] == [
+        {"max_tokens": CHECK_MAX_TOKENS},
+        {"max_completion_tokens": CHECK_MAX_TOKENS},
+    ]
+
+
+@pytest.mark.django_db
+def test_check_connection_passes_on_a_reasoning_model_over_the_responses_api(
+    admin_client: Client, ping_script: FakeOpenAI
+) -> None:
+    script = Script(reasoning=["The user pings."], hidden_reasoning=300, tokens=["Pong"])
+    ping_script.script(CHECK_PROMPT, script)
+    assistant = Assistant.objects.create(
+        name="Thinker", slug="thinker", connection="upstream", model="gpt-5"
+    )
+    settings = upstream(ping_script.base_url, backend="OpenAIResponsesProvider")
+    with override_settings(CHATSTREAM=settings):
+        response = admin_client.post(
+            f"/admin/chatstream/assistant/{assistant.pk}/check-connection/", follow=True
+        )
+    [text] = shown(response)
+    assert text.startswith("Thinker: model gpt-5 on connection 'upstream' answered in ")
+    request = ping_script.wait_request(CHECK_PROMPT)
+    assert request.path == "/v1/responses"
+    assert request.body["max_output_tokens"] == CHECK_MAX_TOKENS
+    assert request.body["reasoning"] == {"summary": "auto"}
+    assert request.ended_event.wait(5)
+
+
+@pytest.mark.django_db
+def test_check_connection_reports_a_model_that_thinks_past_its_budget(
+    admin_client: Client, ping_script: FakeOpenAI
+) -> None:
+    ping_script.script(CHECK_PROMPT, Script(hidden_reasoning=CHECK_MAX_TOKENS + 1))
+    assistant = Assistant.objects.create(
+        name="Thinker", slug="thinker", connection="upstream", model="gpt-5"
+    )
+    with override_settings(CHATSTREAM=upstream(ping_script.base_url)):
+        response = admin_client.post(
+            f"/admin/chatstream/assistant/{assistant.pk}/check-connection/", follow=True
+        )
+    assert shown(response) == [
+        "Thinker: model gpt-5 on connection 'upstream' did not answer: no_answer: "
+        f"The model spent the check's whole budget of {CHECK_MAX_TOKENS} tokens without answering."
+    ]
 
 
 @pytest.mark.django_db
