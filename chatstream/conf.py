@@ -40,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONCURRENT_REPLIES": 3,
     "DAILY_TOKEN_QUOTA": 0,
     "SHUTDOWN_GRACE": 5.0,
+    "FINALISE_RETRY": 60.0,
+    "SWEEP_INTERVAL": 60.0,
     "CACHE_ALIAS": "default",
 }
 
@@ -55,6 +57,8 @@ _NUMBERS = (
     "MAX_CONCURRENT_REPLIES",
     "DAILY_TOKEN_QUOTA",
     "SHUTDOWN_GRACE",
+    "FINALISE_RETRY",
+    "SWEEP_INTERVAL",
 )
 
 DisconnectPolicy = Literal["continue", "cancel"]
@@ -96,6 +100,10 @@ class ChatstreamSettings:
     max_concurrent_replies: int
     daily_token_quota: int
     shutdown_grace: float
+    #: Seconds a reply's generation keeps retrying its row's final write (the log has it).
+    finalise_retry: float
+    #: Seconds between two sweeps for orphaned replies (0: none but at start-up).
+    sweep_interval: float
     cache_alias: str
 
     def connection(self, name: str) -> Connection:
@@ -196,6 +204,8 @@ def build(user: Mapping[str, Any] | None) -> ChatstreamSettings:
         max_concurrent_replies=int(merged["MAX_CONCURRENT_REPLIES"]),
         daily_token_quota=int(merged["DAILY_TOKEN_QUOTA"]),
         shutdown_grace=float(merged["SHUTDOWN_GRACE"]),
+        finalise_retry=float(merged["FINALISE_RETRY"]),
+        sweep_interval=float(merged["SWEEP_INTERVAL"]),
         cache_alias=str(merged["CACHE_ALIAS"]),
     )
 

@@ -28,6 +28,7 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from chatstream import reading, turns
+from chatstream.ending import recover
 from chatstream.exceptions import (
     BadRequest,
     ChatstreamError,
@@ -36,10 +37,10 @@ from chatstream.exceptions import (
     RateLimited,
     ServiceUnavailable,
 )
-from chatstream.generation import recover
 from chatstream.models import Conversation, Message, Role, Status
 from chatstream.ownership import Owner, aget_scope_owner
 from chatstream.replylog import get_reply_log
+from chatstream.replylog.base import ANSWER
 from chatstream.serializers import message_payload
 
 logger = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             length = await get_reply_log().length_reaching(reply_id, offset)
         if length is None:
             reply = await reading.finished(reply_id)
-            length = len(reply.content)
+            length = len(reply.content) + len(reply.reasoning)
         if offset > length:
             raise InvalidOffset(f"The reply is only {length} characters long so far.")
         # The client asks to follow this reply now: the previous reader gives way.
@@ -322,16 +323,18 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         async with contextlib.aclosing(reading.follow(reply_id, offset)) as items:
             async for item in items:
                 if isinstance(item, reading.Delta):
-                    await self._send_text(reply_id, item.text, item.end - len(item.text))
+                    await self._send_text(reply_id, item, item.end - len(item.text))
                 elif isinstance(item, reading.Ending):
                     await self._send_ending(reply_id, item.final, item.end)
 
-    async def _send_text(self, reply_id: str, text: str, offset: int) -> int:
+    async def _send_text(self, reply_id: str, delta: reading.Delta, offset: int) -> int:
+        kind = "delta" if delta.kind == ANSWER else delta.kind  # "reasoning"
+        text = delta.text
         for start in range(0, len(text), MAX_FRAME_CHARS):
             piece = text[start : start + MAX_FRAME_CHARS]
             offset += len(piece)
             await self._send_frame(
-                {"type": "delta", "message_id": reply_id, "offset": offset, "text": piece}
+                {"type": kind, "message_id": reply_id, "offset": offset, "text": piece}
             )
         return offset
 

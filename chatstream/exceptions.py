@@ -137,3 +137,10 @@ class UpstreamError(ChatstreamError):
     code = "upstream_error"
     status = 502
     default_message = "The model's server returned an error."
+
+
+class LeaseLost(ChatstreamError):
+    """Raised to a reply's writer once another worker took the reply over (fenced out)."""
+
+    code = "lease_lost"
+    default_message = "Another worker took this reply over."

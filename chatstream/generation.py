@@ -1,11 +1,10 @@
-"""One asyncio task per assistant reply: provider -> reply log, checkpoints, finalise once.
+"""One asyncio task per assistant reply: provider -> reply log, checkpoints, its ending.
 
 A generation does not belong to any connection: readers (SSE responses, WebSocket
 consumers) come and go through the reply log. The Message row is written O(1)
 times: created by the view, checkpointed at most every ``CHECKPOINT_INTERVAL``
-seconds, and finalised by a conditional UPDATE (``WHERE status = 'streaming'``)
-that succeeds exactly once whoever attempts it, so ``reply_finished`` fires once
-per reply whatever way it ended.
+seconds, and finalised once by ``chatstream.ending.Ending``, whose exit ends the
+reply whatever way the generation went.
 """
 
 from __future__ import annotations
@@ -13,30 +12,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import connections
-from django.utils import timezone
 
-from chatstream import dbpool, limits, shutdown
+from chatstream import dbpool, ending, limits, shutdown
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.connections import get_provider
-from chatstream.exceptions import TokenQuotaExceeded, UpstreamError
+from chatstream.exceptions import LeaseLost, ReplyLogUnavailable, TokenQuotaExceeded, UpstreamError
 from chatstream.models import Message, Status
 from chatstream.providers.base import ChatRequest, Usage
-from chatstream.replylog import ReplyLog, get_reply_log
-from chatstream.serializers import message_payload
-from chatstream.signals import reply_finished
+from chatstream.replylog import get_reply_log
+from chatstream.replylog.base import ANSWER, REASONING, ReplyWriter
+from chatstream.text import storable
 from chatstream.tokens import estimate_messages, estimate_tokens, tokens_for_length
 
 logger = logging.getLogger(__name__)
 
-_MERGE_EVERY = 64
 _PAUSE_EVERY = 0.05  # seconds of upstream reading between two yields to the loop
 _WATCH_GRACE = 1.0  # seconds a cancelled stop-watcher may take to end
 
@@ -51,113 +47,23 @@ class ReplySpec:
     owner_key: str = ""
     #: Tokens this reply may use before it is stopped (the owner's daily quota left).
     token_budget: int | None = None
+    #: The row's own, so that ``done`` can be told while the database does not answer.
+    conversation_id: str = ""
+    created_at: datetime | None = None
 
 
-@dataclass
-class _Outcome:
-    status: Status
-    error_code: str = ""
-    error_message: str = ""
-
-
-@dataclass
-class _Progress:
-    parts: list[str] = field(default_factory=list)
-    length: int = 0
-    ttft_ms: int | None = None
-    finish_reason: str | None = None
-    usage: Usage | None = None
-
-    sealed: int = 0
-
-    def add(self, text: str) -> None:
-        self.parts.append(text)
-        self.length += len(text)
-        if len(self.parts) - self.sealed >= _MERGE_EVERY:
-            # Blocks, not one object per token: a long reply costs about its own size.
-            self.parts[self.sealed :] = ["".join(self.parts[self.sealed :])]
-            self.sealed += 1
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-
-def final_record(message: Message) -> dict[str, Any]:
-    """The log's last record: what ``done`` (and ``error``) events say."""
-    payload = message_payload(message)
-    return {
-        "status": message.status,
-        "finish_reason": payload["finish_reason"],
-        "usage": payload["usage"],
-        "error": payload["error"],
-        "message": payload,
-    }
-
-
-def _checkpoint_row(reply_id: str, text: str) -> None:
-    Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(content=text)
-
-
-def _finalise_row(reply_id: str, fields: Mapping[str, Any]) -> tuple[Message | None, bool]:
-    """Finalise the row unless someone already did; returns (message, whether we did)."""
-    # The conversation's updated_at moved when the turn began: no second write here.
-    won = Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(**fields)
-    try:
-        message = Message.objects.select_related("conversation").get(pk=reply_id)
-    except Message.DoesNotExist:  # its conversation was deleted
-        return None, False
-    return message, bool(won)
-
-
-async def finalise(reply_id: str, fields: Mapping[str, Any], log: ReplyLog) -> Message | None:
-    """Persist the ending once, tell the log's readers, and fire ``reply_finished``."""
-    message, won = await sync_to_async(_finalise_row)(reply_id, fields)
-    if message is not None:
-        await log.finish(reply_id, final_record(message))
-    if won and message is not None:
-        line = {
-            "reply": reply_id,
-            "assistant": message.assistant_id,
-            "model": message.model,
-            "status": message.status,
-            "finish_reason": message.finish_reason or None,
-            "prompt_tokens": message.prompt_tokens,
-            "completion_tokens": message.completion_tokens,
-            "estimated": message.usage_estimated,
-            "ttft_ms": message.ttft_ms,
-            "duration_ms": message.duration_ms,
-            "error": message.error_code or None,
-        }
-        # One line per reply, never its text: operators grep and parse these.
-        logger.info("reply finished %s", json.dumps(line), extra={"chatstream": line})
-        for receiver, result in await reply_finished.asend_robust(sender=Message, message=message):
-            if isinstance(result, Exception):
-                logger.error("reply_finished receiver %r failed", receiver, exc_info=result)
-    return message
-
-
-async def recover(reply_id: str, log: ReplyLog | None = None) -> Message | None:
-    """Finalise a reply whose generation died as ``interrupted``, keeping all known text.
-
-    A no-op (returning ``None``) while a live generation still owns it.
-    """
-    log = log or get_reply_log()
-    if await log.is_alive(reply_id):
-        return None
-    fields: dict[str, Any] = {"status": Status.INTERRUPTED, "finished_at": timezone.now()}
-    read = await log.read(reply_id, 0, 0)
-    if read is not None and read.text:
-        fields["content"] = read.text
-    return await finalise(reply_id, fields, log)
+def _checkpoint_row(reply_id: str, fields: dict[str, Any]) -> None:
+    Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(**fields)
 
 
 class Generation:
-    def __init__(self, spec: ReplySpec, log: ReplyLog, settings: ChatstreamSettings) -> None:
+    def __init__(self, spec: ReplySpec, writer: ReplyWriter, settings: ChatstreamSettings) -> None:
         self.spec = spec
-        self.log = log
+        self.writer = writer
         self.settings = settings
-        self.progress = _Progress()
+        self.ttft_ms: int | None = None
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
         self._saved: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._saved.set_result(None)
 
@@ -165,48 +71,57 @@ class Generation:
         """The task's body: its own thread-sensitive context, its DB connection closed after."""
         async with ThreadSensitiveContext():
             try:
-                await self._run()
+                reply = ending.Ending(
+                    self.writer,
+                    conversation_id=self.spec.conversation_id,
+                    created_at=self.spec.created_at,
+                    model=self.spec.request.model,
+                    finalise_retry=self.settings.finalise_retry,
+                )
+                started = asyncio.get_running_loop().time()
+                try:
+                    async with reply:
+                        try:
+                            reply.outcome = await self._race(started)
+                        finally:
+                            reply.fields.update(self._fields(started))
+                finally:
+                    await self._count_tokens(reply.fields)
             finally:
                 await sync_to_async(connections.close_all)()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def _race(self, started: float) -> ending.Outcome:
+        """Read the model until it ends or the reply must stop; how it ended."""
         consume = asyncio.ensure_future(self._consume(started))
         watch = asyncio.ensure_future(self._watch())
-        shutting_down = False
         try:
             await asyncio.wait({consume, watch}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            shutting_down = True
-            raise
         finally:
-            consume_finished = consume.done() and not consume.cancelled()
             for task in (consume, watch):
                 task.cancel()
             # Awaiting the cancelled consumer closes the provider stream, and so the upstream.
-            # The watcher gets a moment to go, never the power to hold up the finalising.
+            # The watcher gets a moment to go, never the power to hold up the ending.
             await asyncio.gather(consume, self._saved, return_exceptions=True)
             await asyncio.wait({watch}, timeout=_WATCH_GRACE)
-            if shutting_down:
-                outcome = _Outcome(Status.INTERRUPTED)
-            elif consume_finished:
-                outcome = self._outcome(consume)
-            else:
-                outcome = _Outcome(Status.STOPPED)
-            await self._finalise(outcome, duration=loop.time() - started)
+        if consume.cancelled():
+            return ending.Outcome(Status.STOPPED)
+        return self._outcome(consume)
 
     async def _watch(self) -> None:
-        """Return when the reply must stop: asked to, or abandoned under the cancel policy."""
+        """Return when the reply must stop: asked to, fenced out, or abandoned (``cancel``)."""
         if self.settings.disconnect_policy != "cancel":
-            return await self.log.wait_stop(self.spec.reply_id)  # no second task per reply
-        stop = asyncio.ensure_future(self.log.wait_stop(self.spec.reply_id))
+            return await self.writer.wait_stop()  # no second task per reply
+        stop = asyncio.ensure_future(self.writer.wait_stop())
         loop, grace = asyncio.get_running_loop(), self.settings.disconnect_grace
         alone_since: float | None = None
         try:
             while not stop.done():
                 await asyncio.wait({stop}, timeout=min(1.0, max(grace / 4, 0.05)))
-                if await self.log.readers(self.spec.reply_id) > 0:
+                try:
+                    followed = await get_reply_log().readers(self.spec.reply_id) > 0
+                except ReplyLogUnavailable:
+                    followed = True  # unknown while the log is away: never a reason to stop
+                if followed:
                     alone_since = None
                 elif alone_since is None:
                     alone_since = loop.time()
@@ -216,27 +131,33 @@ class Generation:
             stop.cancel()
             await asyncio.gather(stop, return_exceptions=True)
 
-    def _outcome(self, consume: asyncio.Future[None]) -> _Outcome:
+    def _outcome(self, consume: asyncio.Future[None]) -> ending.Outcome:
         exc = consume.exception()
         if isinstance(exc, UpstreamError):
-            return _Outcome(Status.ERROR, exc.code, exc.message)
+            return ending.Outcome(Status.ERROR, exc.code, exc.message)
         if isinstance(exc, TokenQuotaExceeded):
-            return _Outcome(Status.STOPPED, exc.code, exc.message)
+            return ending.Outcome(Status.STOPPED, exc.code, exc.message)
+        if isinstance(exc, LeaseLost):
+            return ending.Outcome(Status.STOPPED)  # written by nobody: the ending is fenced
         if exc is not None:
             logger.error("Reply %s failed", self.spec.reply_id, exc_info=exc)
-            return _Outcome(Status.ERROR, "internal_error", "The reply failed on the server.")
-        if self.progress.finish_reason is None:
-            return _Outcome(
+            return ending.Outcome(Status.ERROR, "internal_error", "The reply failed on the server.")
+        if self.finish_reason is None:
+            return ending.Outcome(
                 Status.ERROR,
                 "upstream_incomplete",
                 "The model's server ended the reply before it was finished.",
             )
-        return _Outcome(Status.COMPLETE)
+        return ending.Outcome(Status.COMPLETE)
 
     async def _consume(self, started: float) -> None:
         loop = asyncio.get_running_loop()
         provider = get_provider(self.spec.connection, self.settings)
-        progress, interval = self.progress, self.settings.checkpoint_interval
+        writer, buffer, interval = (
+            self.writer,
+            self.writer.buffer,
+            self.settings.checkpoint_interval,
+        )
         budget = self.spec.token_budget
         if budget is not None:
             budget -= estimate_messages(self.spec.request.messages)
@@ -249,17 +170,20 @@ class Generation:
                     # readers run, so they stream instead of getting it all at the end.
                     last_pause = now
                     await asyncio.sleep(0)
-                if chunk.text:
-                    if progress.ttft_ms is None:
-                        progress.ttft_ms = round((now - started) * 1000)
-                    progress.add(chunk.text)
-                    await self.log.append(self.spec.reply_id, chunk.text)
-                    if budget is not None and tokens_for_length(progress.length) > budget:
+                if chunk.reasoning or chunk.text:
+                    if self.ttft_ms is None:
+                        self.ttft_ms = round((now - started) * 1000)
+                    # What the database cannot store is replaced before anyone reads it.
+                    if chunk.reasoning:
+                        await writer.append(storable(chunk.reasoning), REASONING)
+                    if chunk.text:
+                        await writer.append(storable(chunk.text), ANSWER)
+                    if budget is not None and tokens_for_length(buffer.length) > budget:
                         raise TokenQuotaExceeded()
                 if chunk.finish_reason is not None:
-                    progress.finish_reason = chunk.finish_reason
+                    self.finish_reason = chunk.finish_reason
                 if chunk.usage is not None:
-                    progress.usage = chunk.usage
+                    self.usage = chunk.usage
                 if interval and now - last_checkpoint >= interval and self._saved.done():
                     # In the background: a slow database never holds up the tokens.
                     last_checkpoint = now
@@ -267,52 +191,83 @@ class Generation:
 
     async def _checkpoint(self) -> None:
         """Save the text so far; a failure waits for the next one (the log has the text)."""
+        fields = ending.text_fields(self.writer.buffer.after(0))
         try:
-            await dbpool.run(_checkpoint_row, self.spec.reply_id, self.progress.text)
+            await dbpool.run(_checkpoint_row, self.spec.reply_id, fields)
         except Exception as exc:
             logger.warning("Checkpoint of reply %s failed: %s", self.spec.reply_id, exc)
 
-    async def _finalise(self, outcome: _Outcome, duration: float) -> None:
-        progress, text = self.progress, self.progress.text
-        usage, estimated = progress.usage, False
+    def _fields(self, started: float) -> dict[str, Any]:
+        """The row's final fields but its status, from what the reply got to."""
+        fields = ending.text_fields(self.writer.buffer.after(0))
+        usage, estimated = self.usage, False
         if usage is None:
             prompt = estimate_messages(self.spec.request.messages)
-            usage, estimated = Usage(prompt, estimate_tokens(text)), True
-        fields = {
-            "content": text,
-            "status": outcome.status,
-            "finish_reason": progress.finish_reason or "",
+            spent = estimate_tokens(fields["content"]) + estimate_tokens(fields["reasoning"])
+            usage, estimated = Usage(prompt, spent), True
+        duration = asyncio.get_running_loop().time() - started
+        return {
+            **fields,
+            "finish_reason": self.finish_reason or "",
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "cached_tokens": usage.cached_tokens,
             "usage_estimated": estimated,
-            "ttft_ms": progress.ttft_ms,
+            "ttft_ms": self.ttft_ms,
             "duration_ms": round(duration * 1000),
-            "error_code": outcome.error_code,
-            "error_message": outcome.error_message,
-            "finished_at": timezone.now(),
         }
-        try:
-            await finalise(self.spec.reply_id, fields, self.log)
-        except Exception:
-            logger.exception("Could not finalise reply %s", self.spec.reply_id)
+
+    async def _count_tokens(self, fields: dict[str, Any]) -> None:
         # Whoever finalised the row, these tokens were spent by this generation.
-        if self.settings.daily_token_quota:
-            total = usage.prompt_tokens + usage.completion_tokens
+        if self.settings.daily_token_quota and fields.get("prompt_tokens") is not None:
+            total = fields["prompt_tokens"] + fields["completion_tokens"]
             await sync_to_async(limits.record_tokens)(self.spec.owner_key, total, self.settings)
 
 
 class GenerationRegistry:
-    """Owns this process's generation tasks: starts them, and cancels them at shutdown."""
+    """Owns this process's tasks: generations, and the sweep for orphaned replies.
+
+    Both are cancelled at shutdown.
+    """
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def ensure_sweeping(self) -> None:
+        """Start this process's sweep (at once, then every ``SWEEP_INTERVAL``) if not yet.
+
+        Called by the first request: recovery after a restart then runs beside it,
+        never in front of it.
+        """
+        sweeper = self._sweeper
+        loop = asyncio.get_running_loop()
+        if sweeper is not None and not sweeper.done() and sweeper.get_loop() is loop:
+            return
+        interval = get_settings().sweep_interval
+        if interval:
+            self._sweeper = loop.create_task(
+                self._sweep(interval), name="chatstream-sweep", context=contextvars.Context()
+            )
+
+    async def _sweep(self, interval: float) -> None:
+        async with ThreadSensitiveContext():
+            while True:
+                try:
+                    ids = await dbpool.run(ending.orphan_candidates)
+                    ids = [reply_id for reply_id in ids if reply_id not in self._tasks]
+                    if ids and (done := await ending.recover_all(ids)):
+                        logger.info("Recovered %s orphaned replies.", done)
+                except Exception as exc:  # the database or the log is away: next time
+                    logger.warning("Sweep for orphaned replies failed: %s", exc)
+                await asyncio.sleep(interval)
 
     async def start(self, spec: ReplySpec) -> None:
         """Open the reply's log, then run it; the log exists before this returns."""
         settings = get_settings()
-        log = get_reply_log()
-        await log.open(spec.reply_id, spec.owner_key)
-        generation = Generation(spec, log, settings)
+        writer = await get_reply_log().open(spec.reply_id, spec.owner_key)
+        generation = Generation(spec, writer, settings)
         # A fresh context: the request's thread-sensitive context would otherwise pin
         # the task's ORM calls to a thread (and DB connection) that outlives the request.
         task = asyncio.get_running_loop().create_task(
@@ -332,6 +287,8 @@ class GenerationRegistry:
 
     async def shutdown(self, timeout: float) -> None:
         """Finalise every running reply as ``interrupted``; waits at most ``timeout``."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

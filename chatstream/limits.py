@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from django.core.cache import caches
+from django.utils import timezone
 
 from chatstream.conf import ChatstreamSettings
 from chatstream.exceptions import RateLimited, TokenQuotaExceeded
@@ -46,17 +47,35 @@ def check_message_rate(owner: Owner, settings: ChatstreamSettings) -> None:
         )
 
 
-def check_concurrent_replies(owner: Owner, settings: ChatstreamSettings) -> None:
-    limit = settings.max_concurrent_replies
-    if not limit:
-        return
-    streaming = Message.objects.filter(owner.of("conversation__"), status=Status.STREAMING).count()
-    if streaming >= limit:
-        raise RateLimited(
+class TooManyReplies(RateLimited):
+    """Raised when the owner has as many streaming rows as allowed; some may be orphans.
+
+    ``reply_ids`` are the ones old enough to be checked: the caller recovers those
+    whose generation is gone and asks again.
+    """
+
+    def __init__(self, limit: int, reply_ids: list[str]) -> None:
+        super().__init__(
             f"At most {limit} replies may stream at once; wait for one to finish.",
             retry_after=5,
             code="too_many_replies",
         )
+        self.reply_ids = reply_ids
+
+
+def check_concurrent_replies(owner: Owner, settings: ChatstreamSettings) -> None:
+    limit = settings.max_concurrent_replies
+    if not limit:
+        return
+    streaming = list(
+        Message.objects.filter(owner.of("conversation__"), status=Status.STREAMING).values_list(
+            "pk", "created_at"
+        )
+    )
+    if len(streaming) >= limit:
+        # A reply that is only starting (another request of this owner's) is alive.
+        settled = timezone.now() - timedelta(seconds=5)
+        raise TooManyReplies(limit, [str(pk) for pk, created in streaming if created < settled])
 
 
 def _today_key(owner_key: str) -> str:

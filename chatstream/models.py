@@ -97,6 +97,11 @@ class Message(models.Model):
     )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
+    #: The model's reasoning (or its summary), shown apart from the answer.
+    reasoning = models.TextField(blank=True)
+    #: The order of the reply's parts, ``[["reasoning", n], ["answer", m], ...]``; null when
+    #: there is no reasoning. Offsets count both kinds in this order.
+    layout = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     # The user message an assistant reply answers; regenerating supersedes the old reply.
     reply_to = models.ForeignKey(
@@ -110,6 +115,8 @@ class Message(models.Model):
     finish_reason = models.CharField(max_length=32, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cached_tokens = models.PositiveIntegerField(null=True, blank=True)
     usage_estimated = models.BooleanField(default=False)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)

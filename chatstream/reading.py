@@ -18,17 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatstream.conf import get_settings
+from chatstream.ending import final_record, recover
 from chatstream.exceptions import ReplyLogUnavailable
-from chatstream.generation import final_record, recover
 from chatstream.models import Message, Status
 from chatstream.replylog import get_reply_log
-from chatstream.replylog.base import LogRead
+from chatstream.replylog.base import ANSWER, LogRead, Part, PartKind
 
 
 @dataclass(frozen=True)
 class Delta:
     text: str
     end: int  # the reply's length after ``text``: the SSE id, the WebSocket offset
+    kind: PartKind = ANSWER
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,27 @@ async def finished(reply_id: str) -> Message:
     return message
 
 
+def stored_parts(message: Message) -> list[Part]:
+    """A stored reply's parts in the order they were streamed."""
+    if not message.layout:
+        return [Part(ANSWER, message.content)] if message.content else []
+    texts = {ANSWER: message.content, "reasoning": message.reasoning}
+    taken = dict.fromkeys(texts, 0)
+    parts = []
+    for kind, length in message.layout:
+        parts.append(Part(kind, texts[kind][taken[kind] : taken[kind] + length]))
+        taken[kind] += length
+    return parts
+
+
 def rest_of(message: Message, offset: int) -> list[Delta | Ending]:
-    """A finished reply from the database: exactly the text after ``offset``, then the end."""
-    end = len(message.content)
+    """A finished reply from the database: exactly the parts after ``offset``, then the end."""
     items: list[Delta | Ending] = []
-    if end > offset:
-        items.append(Delta(message.content[offset:], end))
+    end = 0
+    for part in stored_parts(message):
+        start, end = end, end + len(part.text)
+        if end > offset:
+            items.append(Delta(part.text[max(0, offset - start) :], end, part.kind))
     return [*items, Ending(final_record(message), end)]
 
 
@@ -77,29 +93,36 @@ async def follow(reply_id: str, offset: int) -> AsyncGenerator[Item, None]:
         while True:
             read = await log.read(reply_id, offset, settings.keepalive_interval)
             pause = sent_at + settings.flush_interval - clock()
-            if read is not None and read.text and read.final is None and pause > 0:
+            if read is not None and read.parts and read.final is None and pause > 0:
                 # Let deltas gather: a slow client then gets fewer, larger frames.
                 await asyncio.sleep(pause)
                 more = await log.read(reply_id, read.end, 0)
                 if more is not None:
-                    read = LogRead(read.text + more.text, more.end, more.final)
-            silent = read is not None and not read.text and read.final is None
+                    read = LogRead(_joined(read.parts, more.parts), more.end, more.final)
+            silent = read is not None and not read.parts and read.final is None
             if silent and not await log.is_alive(reply_id):
                 read = None  # its owner died without writing a final record
             if read is None:
                 for item in rest_of(await finished(reply_id), offset):
                     yield item
                 return
-            if read.text:
-                offset = read.end
-                yield Delta(read.text, offset)
+            if read.parts:
+                for part in read.parts:
+                    offset += len(part.text)
+                    yield Delta(part.text, offset, part.kind)
                 sent_at = clock()
             if read.final is not None:
                 yield Ending(read.final, offset)
                 return
-            if not read.text:
+            if not read.parts:
                 yield SILENCE
     finally:
         if joined:
             with contextlib.suppress(ReplyLogUnavailable):
                 await log.reader_left(reply_id)
+
+
+def _joined(first: tuple[Part, ...], then: tuple[Part, ...]) -> tuple[Part, ...]:
+    if first and then and first[-1].kind == then[0].kind:
+        return (*first[:-1], Part(then[0].kind, first[-1].text + then[0].text), *then[1:])
+    return first + then

@@ -18,6 +18,8 @@ def message_payload(message: Message) -> dict[str, Any]:
         usage = {
             "prompt_tokens": message.prompt_tokens,
             "completion_tokens": message.completion_tokens,
+            "reasoning_tokens": message.reasoning_tokens,
+            "cached_tokens": message.cached_tokens,
             "estimated": message.usage_estimated,
         }
     error = None
@@ -28,6 +30,7 @@ def message_payload(message: Message) -> dict[str, Any]:
         "conversation": str(message.conversation_id),
         "role": message.role,
         "content": message.content,
+        "reasoning": message.reasoning,
         "status": message.status,
         "model": message.model,
         "finish_reason": message.finish_reason or None,
@@ -35,7 +38,7 @@ def message_payload(message: Message) -> dict[str, Any]:
         "ttft_ms": message.ttft_ms,
         "duration_ms": message.duration_ms,
         "error": error,
-        "offset": len(message.content),
+        "offset": len(message.content) + len(message.reasoning),
         "created_at": _iso(message.created_at),
         "finished_at": _iso(message.finished_at),
     }

@@ -36,5 +36,6 @@ def retry(milliseconds: int) -> bytes:
     return f"retry: {int(milliseconds)}\n\n".encode()
 
 
-def delta(text: str, end: int) -> bytes:
-    return encode_json({"text": text}, event="delta", id=end)
+def delta(text: str, end: int, event: str = "delta") -> bytes:
+    """Reply text; ``event`` is ``reasoning`` for the model's reasoning."""
+    return encode_json({"text": text}, event=event, id=end)

@@ -7,7 +7,6 @@ job (a conditional unique constraint), so two workers cannot both start one.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable
 from datetime import timedelta
@@ -20,6 +19,7 @@ from django.utils import timezone
 
 from chatstream import limits
 from chatstream.conf import ChatstreamSettings, get_settings
+from chatstream.ending import recover, recover_all
 from chatstream.exceptions import (
     BadRequest,
     ChatstreamError,
@@ -28,16 +28,14 @@ from chatstream.exceptions import (
     ReplyInProgress,
     ServiceUnavailable,
 )
-from chatstream.generation import ReplySpec, recover, registry
+from chatstream.generation import ReplySpec, registry
 from chatstream.models import Assistant, Conversation, Message, Role, Status
 from chatstream.ownership import Owner
 from chatstream.providers.base import ChatRequest
 from chatstream.providers.demo import DEMO_MODEL
-from chatstream.replylog import get_reply_log
 from chatstream.serializers import assistant_payload
 from chatstream.tokens import estimate_messages
 
-_DELETE_WAIT = 3.0  # seconds a delete waits for a stopped reply to finalise
 _TITLE_LENGTH = 60
 
 # (the user's message, the new reply, the request's messages)
@@ -203,9 +201,14 @@ async def _begin(
     Limits come first: a refused message stores nothing.
     """
     settings = get_settings()
-    budget, assistant, connection, model = await sync_to_async(_admit)(
-        owner, conversation, settings
-    )
+    admit = sync_to_async(_admit)
+    try:
+        budget, assistant, connection, model = await admit(owner, conversation, settings)
+    except limits.TooManyReplies as busy:
+        # Only replies that are really alive count: orphans are finalised, then look again.
+        if not await recover_all(busy.reply_ids):
+            raise
+        budget, assistant, connection, model = await admit(owner, conversation, settings)
     try:
         question, reply, history = await sync_to_async(create)(assistant, model)
     except ReplyInProgress:
@@ -218,8 +221,17 @@ async def _begin(
         temperature=assistant.temperature if assistant else None,
         max_tokens=assistant.max_output_tokens if assistant else None,
     )
+    spec = ReplySpec(
+        str(reply.pk),
+        connection,
+        request,
+        owner.key,
+        budget,
+        conversation_id=str(reply.conversation_id),
+        created_at=reply.created_at,
+    )
     try:
-        await registry.start(ReplySpec(str(reply.pk), connection, request, owner.key, budget))
+        await registry.start(spec)
     except Exception as exc:
         # Nothing half-started may stay behind: the reply would block the conversation.
         await sync_to_async(undo)(question, reply)
@@ -277,24 +289,5 @@ async def aregenerate(owner: Owner, old: Message) -> tuple[Message, Message]:
 
 
 async def adelete_conversation(conversation: Conversation) -> None:
-    """Delete it; a streaming reply is stopped first, so its readers get ``done``."""
-    streaming = await Message.objects.filter(
-        conversation=conversation, status=Status.STREAMING
-    ).afirst()
-    if streaming is not None:
-        reply_id, log = str(streaming.pk), get_reply_log()
-        if await log.is_alive(reply_id):
-            await log.request_stop(reply_id)
-            await _wait_finalised(reply_id)
-        else:
-            await recover(reply_id, log)
+    """Delete it; a streaming reply is stopped by the deletion itself (``chatstream.deletion``)."""
     await conversation.adelete()
-
-
-async def _wait_finalised(reply_id: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _DELETE_WAIT
-    while loop.time() < deadline:
-        if not await Message.objects.filter(pk=reply_id, status=Status.STREAMING).aexists():
-            return
-        await asyncio.sleep(0.05)

@@ -28,6 +28,7 @@ from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 
 from chatstream import reading, sse, turns
 from chatstream.conf import get_settings
+from chatstream.ending import recover
 from chatstream.exceptions import (
     BadRequest,
     ChatstreamError,
@@ -39,11 +40,12 @@ from chatstream.exceptions import (
     NotFound,
     ReplyLogUnavailable,
 )
-from chatstream.generation import recover
+from chatstream.generation import registry
 from chatstream.http import EventStreamResponse, JsonErrorResponse
 from chatstream.models import Assistant, Conversation, Message, Role, Status
 from chatstream.ownership import Owner, aget_owner
 from chatstream.replylog import get_reply_log
+from chatstream.replylog.base import ANSWER
 from chatstream.serializers import conversation_payload, message_payload
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
     def decorator(view: View) -> View:
         @wraps(view)
         async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            registry.ensure_sweeping()
             try:
                 if request.method not in methods:
                     raise MethodNotAllowed(list(methods))
@@ -276,7 +279,11 @@ async def regenerate(request: HttpRequest, message_id: str) -> HttpResponse:
 @api_view("GET")
 async def message(request: HttpRequest, message_id: str) -> HttpResponse:
     owner = await aget_owner(request)
-    return JsonResponse(message_payload(await _message(owner, message_id)))
+    message = await _message(owner, message_id)
+    if message.status == Status.STREAMING and not await get_reply_log().is_alive(str(message.pk)):
+        # Its generation ended (the row's write is still being retried) or died.
+        message = await recover(str(message.pk)) or message
+    return JsonResponse(message_payload(message))
 
 
 @api_view("POST")
@@ -309,7 +316,7 @@ def _resume_offset(request: HttpRequest) -> int:
 
 def _encode(item: reading.Item) -> list[bytes]:
     if isinstance(item, reading.Delta):
-        return [sse.delta(item.text, item.end)]
+        return [sse.delta(item.text, item.end, "delta" if item.kind == ANSWER else item.kind)]
     if isinstance(item, reading.Ending):
         events = []
         if item.final.get("error"):
@@ -380,8 +387,9 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
         except ReplyLogUnavailable as error:
             return EventStreamResponse(_unavailable(error))
     if length is None:
-        if offset > len(message.content):
-            raise InvalidOffset(f"The reply is only {len(message.content)} characters long.")
+        length = len(message.content) + len(message.reasoning)
+        if offset > length:
+            raise InvalidOffset(f"The reply is only {length} characters long.")
         return EventStreamResponse(_events(_replay(reading.rest_of(message, offset))))
     return await _follow(reply_id, offset, length)
 

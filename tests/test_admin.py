@@ -459,7 +459,7 @@ async def test_stop_needs_csrf_and_the_change_permission(admin_user: User) -> No
         status=Status.STREAMING,
         created_at=timezone.now(),
     )
-    await get_reply_log().open(str(reply.pk))
+    writer = await get_reply_log().open(str(reply.pk))
     url = f"/admin/chatstream/message/live/{reply.pk}/stop/"
     strict = AsyncClient(enforce_csrf_checks=True)
     await strict.aforce_login(admin_user)
@@ -474,7 +474,7 @@ async def test_stop_needs_csrf_and_the_change_permission(admin_user: User) -> No
     assert page.status_code == 200 and url not in page.content.decode()
     assert (await client.post(url)).status_code == 403
     assert (await Message.objects.aget(pk=reply.pk)).status == Status.STREAMING
-    await get_reply_log().finish(str(reply.pk), {})
+    await writer.close({})
 
 
 @pytest.mark.django_db
@@ -506,15 +506,15 @@ def test_deleting_a_conversation_stops_its_streaming_reply(admin_client: Client)
     conversation = Conversation.objects.create(title="t")
     reply = make_reply(conversation, status=Status.STREAMING, finished_at=None)
     log = get_reply_log()
-    async_to_sync(log.open)(str(reply.pk))
+    writer = async_to_sync(log.open)(str(reply.pk))
     response = admin_client.post(
         f"/admin/chatstream/conversation/{conversation.pk}/delete/", {"post": "yes"}, follow=True
     )
     assert "Stop requested for 1 streaming reply." in shown(response)
     assert not Conversation.objects.exists()
     # The generation's stop signal is set; it would now close the upstream and end.
-    async_to_sync(asyncio.wait_for)(log.wait_stop(str(reply.pk)), 1)
-    async_to_sync(log.finish)(str(reply.pk), {})
+    async_to_sync(asyncio.wait_for)(writer.wait_stop(), 1)
+    async_to_sync(writer.close)({})
 
 
 # --- usage -----------------------------------------------------------------------------

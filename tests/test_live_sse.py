@@ -74,6 +74,8 @@ def test_reply_streams_exact_text_with_code_point_offsets(
     assert done.data["usage"] == {
         "prompt_tokens": 9,
         "completion_tokens": len(TEXT_TOKENS),
+        "reasoning_tokens": None,
+        "cached_tokens": None,
         "estimated": False,
     }
     assert done.data["message"]["content"] == full

@@ -148,6 +148,8 @@ async def test_reply_streams_exact_text_with_code_point_offsets(
     assert done["message"]["usage"] == {
         "prompt_tokens": 9,
         "completion_tokens": len(TEXT_TOKENS),
+        "reasoning_tokens": None,
+        "cached_tokens": None,
         "estimated": False,
     }
     stored = await message(client, reply_id)

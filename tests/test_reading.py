@@ -9,17 +9,17 @@ from django.test import override_settings
 
 from chatstream.reading import Delta, Ending, follow
 from chatstream.replylog import get_reply_log
+from chatstream.replylog.base import ReplyWriter
 from tests.settings import CHATSTREAM as BASE
 
 FLUSH = 0.2
 
 
-async def write(reply_id: str, tokens: list[str], interval: float) -> None:
-    log = get_reply_log()
+async def write(writer: ReplyWriter, tokens: list[str], interval: float) -> None:
     for token in tokens:
         await asyncio.sleep(interval)
-        await log.append(reply_id, token)
-    await log.finish(reply_id, {"status": "complete"})
+        await writer.append(token)
+    await writer.close({"status": "complete"})
 
 
 async def read_all(reply_id: str) -> list[tuple[float, Delta | Ending]]:
@@ -29,8 +29,7 @@ async def read_all(reply_id: str) -> list[tuple[float, Delta | Ending]]:
 
 async def run(tokens: list[str], interval: float) -> list[tuple[float, Delta | Ending]]:
     reply_id = str(uuid.uuid4())
-    await get_reply_log().open(reply_id)
-    writer = asyncio.create_task(write(reply_id, tokens, interval))
+    writer = asyncio.create_task(write(await get_reply_log().open(reply_id), tokens, interval))
     items = await asyncio.wait_for(read_all(reply_id), timeout=30)
     await writer
     return items

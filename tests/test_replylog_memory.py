@@ -18,7 +18,7 @@ class TestMemoryReplyLog(ReplyLogContract):
 
 async def test_many_tiny_appends_are_kept_as_merged_blocks() -> None:
     log = MemoryReplyLog()
-    await log.open("r")
+    writer = await log.open("r")
     for _ in range(10_000):
-        await log.append("r", "ab")
+        await writer.append("ab")
     assert len(log._entries["r"].blocks) < 10_000 / 32

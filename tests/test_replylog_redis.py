@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import redis.asyncio as aredis
 
-from chatstream.replylog.base import ReplyLog
+from chatstream.exceptions import LeaseLost
+from chatstream.replylog.base import ReplyLog, ReplyWriter
 from chatstream.replylog.redis import RedisReplyLog
-from tests.replylog_contract import ReplyLogContract, new_id
+from tests.replylog_contract import ReplyLogContract, new_id, settled
 
 
 def make_log(url: str, prefix: str, **options: float) -> RedisReplyLog:
@@ -45,17 +45,11 @@ class _TwoWorkers(ReplyLog):
         super().__init__(location=owner.location)
         self.writer, self.other = owner, other
 
-    async def open(self, reply_id: str, owner: str = "") -> None:
-        await self.writer.open(reply_id, owner)
+    async def open(self, reply_id: str, owner: str = "") -> ReplyWriter:
+        return await self.writer.open(reply_id, owner)
 
-    async def append(self, reply_id: str, text: str) -> None:
-        await self.writer.append(reply_id, text)
-
-    async def finish(self, reply_id: str, final: Any) -> None:
-        await self.writer.finish(reply_id, final)
-
-    async def wait_stop(self, reply_id: str) -> None:
-        await self.writer.wait_stop(reply_id)
+    async def claim(self, reply_id: str) -> ReplyWriter | None:
+        return await self.other.claim(reply_id)
 
     read = property(lambda self: self.other.read)
     length = property(lambda self: self.other.length)
@@ -101,12 +95,12 @@ async def two_workers(redis_url: str, prefix: str) -> AsyncIterator[tuple[RedisR
 async def test_appends_are_batched_not_written_per_token(redis_url: str, prefix: str) -> None:
     log = make_log(redis_url, prefix, batch_interval=0.05)
     reply = new_id()
-    await log.open(reply)
+    writer = await log.open(reply)
     for i in range(1000):
-        await log.append(reply, f"{i} ")
+        await writer.append(f"{i} ")
         if i % 100 == 0:
             await asyncio.sleep(0.01)
-    await log.finish(reply, {"status": "complete"})
+    await writer.close({"status": "complete"})
     client = aredis.Redis.from_url(redis_url)
     entries = await client.xlen(log.key("reply", reply))
     await client.aclose()
@@ -123,14 +117,14 @@ async def test_reader_on_another_worker_follows_and_resumes(
 ) -> None:
     owner, reader = two_workers
     reply = new_id()
-    await owner.open(reply)
+    writer = await owner.open(reply)
     waiting = asyncio.ensure_future(reader.read(reply, 0, timeout=10))
-    await owner.append(reply, "Hello")
+    await writer.append("Hello")
     first = await asyncio.wait_for(waiting, 5)
     assert (first.text, first.end) == ("Hello", 5)
-    await owner.append(reply, ", wor")
-    await owner.append(reply, "ld")
-    await owner.finish(reply, {"status": "complete"})
+    await writer.append(", wor")
+    await writer.append("ld")
+    await writer.close({"status": "complete"})
     rest = await reader.read(reply, 3, timeout=5)
     assert (rest.text, rest.end, rest.final) == ("lo, world", 12, {"status": "complete"})
 
@@ -143,13 +137,13 @@ async def test_a_resume_on_another_worker_waits_for_the_batch_holding_its_offset
     other = make_log(redis_url, prefix)
     reply = new_id()
     try:
-        await owner.open(reply)
-        await owner.append(reply, "Hello")
+        writer = await owner.open(reply)
+        await writer.append("Hello")
         assert await other.length(reply) == 0
         assert await asyncio.wait_for(other.length_reaching(reply, 5), 5) == 5
         # An offset past all the text is given up on after a short wait: the caller's 4xx.
         assert await asyncio.wait_for(other.length_reaching(reply, 99), 5) == 5
-        await owner.finish(reply, {"status": "complete"})
+        await writer.close({"status": "complete"})
         assert await asyncio.wait_for(other.length_reaching(reply, 99), 0.5) == 5
     finally:
         await owner.aclose()
@@ -161,8 +155,8 @@ async def test_stop_from_another_worker_reaches_the_owner(
 ) -> None:
     owner, other = two_workers
     reply = new_id()
-    await owner.open(reply)
-    stopped = asyncio.ensure_future(owner.wait_stop(reply))
+    writer = await owner.open(reply)
+    stopped = asyncio.ensure_future(writer.wait_stop())
     await asyncio.sleep(0.05)
     assert not stopped.done()
     await other.request_stop(reply)
@@ -190,17 +184,67 @@ async def test_lease_lapses_when_the_owner_is_gone(
 async def test_log_that_vanished_is_rewritten_whole(redis_url: str, prefix: str) -> None:
     log, other = make_log(redis_url, prefix, batch_interval=0.01), make_log(redis_url, prefix)
     reply = new_id()
-    await log.open(reply, "a:visitor")
-    await log.append(reply, "before ")
+    writer = await log.open(reply, "a:visitor")
+    await writer.append("before ")
     await asyncio.sleep(0.1)
     client = aredis.Redis.from_url(redis_url)
     await client.delete(log.key("reply", reply))  # as after a Redis restart
     await client.aclose()
-    await log.append(reply, "after")
-    await log.finish(reply, {"status": "complete"})
+    await writer.append("after")
+    await writer.close({"status": "complete"})
     read = await log.read(reply, 0, 0)
     owner = await other.owner(reply)  # another worker reads it from Redis
     await log.aclose()
     await other.aclose()
     assert (read.text, read.final) == ("before after", {"status": "complete"})
     assert owner == "a:visitor"
+
+
+async def test_a_reply_taken_over_fences_out_its_stalled_owner(
+    two_workers: tuple[RedisReplyLog, RedisReplyLog], redis_url: str
+) -> None:
+    owner, other = two_workers
+    reply = new_id()
+    writer = await owner.open(reply)
+    await writer.append("Hello")
+    await settled(other, reply, 5)
+    client = aredis.Redis.from_url(redis_url)
+    await client.delete(owner.key("lease", reply))  # the owner stalled past its lease
+    await client.aclose()
+    claim = await other.claim(reply)
+    assert claim is not None
+    assert await other.claim(reply) is None  # one recovery at a time
+    # The owner learns at its next heartbeat: its stop watcher wakes, and it writes nothing.
+    await asyncio.wait_for(writer.wait_stop(), 5)
+    assert writer.lost.is_set()
+    with pytest.raises(LeaseLost):
+        await writer.append(" more")
+    assert not await writer.close({"status": "complete"})
+    assert await claim.close({"status": "interrupted"})
+    read = await other.read(reply, 0, 0)
+    assert (read.text, read.final) == ("Hello", {"status": "interrupted"})
+    client = aredis.Redis.from_url(redis_url)
+    finals = [f for _, f in await client.xrange(owner.key("reply", reply)) if b"f" in f]
+    await client.aclose()
+    assert len(finals) == 1
+
+
+async def test_a_fenced_out_flush_writes_nothing(redis_url: str, prefix: str) -> None:
+    owner, other = make_log(redis_url, prefix, batch_interval=0.01), make_log(redis_url, prefix)
+    reply = new_id()
+    try:
+        writer = await owner.open(reply)
+        client = aredis.Redis.from_url(redis_url)
+        await client.delete(owner.key("lease", reply))
+        await client.aclose()
+        assert await other.claim(reply) is not None
+        await writer.append("late text")  # batched; its flush finds the fence taken
+        for _ in range(200):
+            if writer.lost.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert writer.lost.is_set()
+        assert await other.length(reply) == 0
+    finally:
+        await owner.aclose()
+        await other.aclose()

@@ -1,11 +1,17 @@
 """The reply log contract: where a generation writes a reply and its readers pull it.
 
-A reply's text only grows. Readers ask for "everything after my offset" (offsets
-are lengths in code points, Python ``len``), so resuming from offset N yields
-exactly ``text[N:]`` however the appends were merged. The last record, written
-once by ``finish()``, carries the persisted message so that readers need no
-database connection to send ``done``. Stop requests travel through the log too,
-so they reach the generation's process wherever it runs.
+A reply's text only grows. It is a sequence of typed parts (``answer`` and
+``reasoning``) and offsets count the code points of all of them, in the order the
+log received them (Python ``len``): resuming from offset N yields exactly what
+came after N, of both kinds, however the appends were merged. The last record,
+written once, carries the persisted message so that readers need no database
+connection to send ``done``. Stop requests travel through the log too, so they
+reach the generation's process wherever it runs.
+
+The owner writes through a ``ReplyWriter``, which holds the reply's lease. A
+lease carries a fencing token: once anyone else has taken the reply over (its
+owner seemed dead, and it was recovered), the old writer can append nothing and
+write no final record, and learns so at its next append or heartbeat.
 """
 
 from __future__ import annotations
@@ -16,22 +22,39 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from chatstream.replylog.buffer import ReplyBuffer
 
 #: This process, as operators see it.
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
+PartKind = Literal["answer", "reasoning"]
+ANSWER: PartKind = "answer"
+REASONING: PartKind = "reasoning"
+
+
+class Part(NamedTuple):
+    kind: PartKind
+    text: str
+
 
 @dataclass(frozen=True)
 class LogRead:
-    """What a reader gets: ``text`` after its offset, ending at ``end``.
+    """What a reader gets: the ``parts`` after its offset, ending at ``end``.
 
     ``final`` is the finish record, given only once ``end`` is the final length.
     """
 
-    text: str
+    parts: tuple[Part, ...]
     end: int
     final: Mapping[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        """All the text read, of either kind."""
+        return "".join(part.text for part in self.parts)
 
 
 async def wait_done(future: asyncio.Future[None], timeout: float) -> bool:
@@ -64,20 +87,20 @@ class ReplyLog(abc.ABC):
         self.ttl = ttl
 
     @abc.abstractmethod
-    async def open(self, reply_id: str, owner: str = "") -> None:
-        """Start an empty log owned by this process; called before the 201 is sent.
+    async def open(self, reply_id: str, owner: str = "") -> ReplyWriter:
+        """Start an empty log owned by this process, and take its lease; before the 201.
 
         ``owner`` is the key of whoever asked for the reply (``Owner.key``): a
         stream of theirs can then start without asking the database.
         """
 
     @abc.abstractmethod
-    async def append(self, reply_id: str, text: str) -> None:
-        """Add text; wakes readers. Called only by the owning generation."""
+    async def claim(self, reply_id: str) -> ReplyWriter | None:
+        """Take over a reply whose owner is gone, to finalise it; ``None`` while it lives.
 
-    @abc.abstractmethod
-    async def finish(self, reply_id: str, final: Mapping[str, Any]) -> None:
-        """Write the last record; the log then expires after ``ttl`` seconds."""
+        Taking the lease fences the former owner out. The writer returned appends
+        nothing; its ``close()`` writes the final record unless the log has one.
+        """
 
     @abc.abstractmethod
     async def read(self, reply_id: str, offset: int, timeout: float) -> LogRead | None:
@@ -108,10 +131,6 @@ class ReplyLog(abc.ABC):
         """Ask the owning generation to stop, wherever it runs. Idempotent."""
 
     @abc.abstractmethod
-    async def wait_stop(self, reply_id: str) -> None:
-        """Return once a stop was requested. Run by the owner, cancelled when it ends."""
-
-    @abc.abstractmethod
     async def is_alive(self, reply_id: str) -> bool:
         """Whether a live generation still owns this reply (false once its owner died)."""
 
@@ -136,3 +155,38 @@ class ReplyLog(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 (optional hook)
         """Release connections."""
+
+
+class ReplyWriter(abc.ABC):
+    """The owner's side of one reply's log, from ``open()`` (or ``claim()``) to ``close()``.
+
+    ``buffer`` holds the whole reply as written: the generation reads its text
+    from here rather than keeping a copy of its own.
+    """
+
+    def __init__(self, reply_id: str, buffer: ReplyBuffer) -> None:
+        self.reply_id = reply_id
+        self.buffer = buffer
+        #: Set once the lease was lost to someone else: stop, and write nothing more.
+        self.lost = asyncio.Event()
+
+    @abc.abstractmethod
+    async def append(self, text: str, kind: PartKind = ANSWER) -> None:
+        """Add text; wakes readers. Raises ``LeaseLost`` once the lease is someone else's."""
+
+    @abc.abstractmethod
+    async def close(self, final: Mapping[str, Any] | None) -> bool:
+        """Write the final record (if given and the log has none) and release the lease.
+
+        Guaranteed to be called once, whatever ended the reply; the log then
+        expires after its ``ttl``. Returns whether the final record was written
+        by this call; never raises for the log's own failures (it logs them).
+        """
+
+    @abc.abstractmethod
+    async def wait_stop(self) -> None:
+        """Return once a stop was requested or the lease was lost; cancelled when it ends."""
+
+    async def holds_lease(self) -> bool:
+        """Whether no one has taken the reply over; asked right before the row's final write."""
+        return not self.lost.is_set()

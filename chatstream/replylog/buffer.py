@@ -1,9 +1,10 @@
-"""A reply's text in this process's memory, and the wake-up of its local readers.
+"""A reply's parts in this process's memory, and the wake-up of its local readers.
 
 The in-process log keeps every reply in one; the Redis log keeps the replies its
 process generates in one too, so readers on the owning worker never wait on Redis.
 Memory is bounded by the text: appends are kept as blocks merged as they
-accumulate, so a reply of many tiny deltas does not cost an object per token.
+accumulate (adjacent blocks of one kind only), so a reply of many tiny deltas
+does not cost an object per token.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import bisect
 from collections.abc import Mapping
 from typing import Any
 
-from chatstream.replylog.base import LogRead, wait_done
+from chatstream.replylog.base import ANSWER, REASONING, LogRead, Part, PartKind, wait_done
 
 _MERGE_EVERY = 64
 
 
 class ReplyBuffer:
-    __slots__ = ("blocks", "ends", "sealed", "final", "changed")
+    __slots__ = ("blocks", "kinds", "ends", "sealed", "final", "changed")
 
     def __init__(self) -> None:
         self.blocks: list[str] = []
+        self.kinds: list[PartKind] = []
         self.ends: list[int] = []  # ends[i]: the text's length after blocks[i]
         self.sealed = 0  # blocks before this index are merged already
         self.final: Mapping[str, Any] | None = None
@@ -32,33 +34,73 @@ class ReplyBuffer:
     def length(self) -> int:
         return self.ends[-1] if self.ends else 0
 
-    def append(self, text: str) -> None:
+    def append(self, text: str, kind: PartKind = ANSWER) -> None:
         self.blocks.append(text)
+        self.kinds.append(kind)
         self.ends.append(self.length + len(text))
         if len(self.blocks) - self.sealed >= _MERGE_EVERY:
-            self.blocks[self.sealed :] = ["".join(self.blocks[self.sealed :])]
-            self.ends[self.sealed :] = [self.ends[-1]]
-            self.sealed += 1
+            self._merge()
         self._wake()
+
+    def _merge(self) -> None:
+        parts = _runs(zip(self.kinds[self.sealed :], self.blocks[self.sealed :], strict=True))
+        ends, end = [], self.ends[self.sealed - 1] if self.sealed else 0
+        for part in parts:
+            end += len(part.text)
+            ends.append(end)
+        self.blocks[self.sealed :] = [part.text for part in parts]
+        self.kinds[self.sealed :] = [part.kind for part in parts]
+        self.ends[self.sealed :] = ends
+        self.sealed = len(self.blocks)
 
     def finish(self, final: Mapping[str, Any]) -> None:
         self.final = final
         self._wake()
 
-    def after(self, offset: int) -> str:
+    def after(self, offset: int) -> tuple[Part, ...]:
+        """The parts after ``offset``, adjacent ones of a kind merged."""
         i = bisect.bisect_right(self.ends, offset)
         if i >= len(self.blocks):
-            return ""
+            return ()
         start = self.ends[i - 1] if i else 0
-        return self.blocks[i][offset - start :] + "".join(self.blocks[i + 1 :])
+        first = Part(self.kinds[i], self.blocks[i][offset - start :])
+        return tuple(_runs([first, *zip(self.kinds[i + 1 :], self.blocks[i + 1 :], strict=True)]))
+
+    def text(self, kind: PartKind = ANSWER) -> str:
+        """All the text of one kind."""
+        return "".join(b for k, b in zip(self.kinds, self.blocks, strict=True) if k == kind)
+
+    def layout(self) -> list[list[Any]] | None:
+        """The order of the parts as ``[[kind, length], ...]``; ``None`` for answer alone."""
+        if REASONING not in self.kinds:
+            return None
+        return [[part.kind, len(part.text)] for part in self.after(0)]
 
     async def read(self, offset: int, timeout: float) -> LogRead:
-        """Text after ``offset``, waiting up to ``timeout`` when there is none yet."""
+        """Parts after ``offset``, waiting up to ``timeout`` when there are none yet."""
         waits = offset >= self.length and self.final is None
         if waits and not await wait_done(self.changed, timeout):
-            return LogRead("", offset)
+            return LogRead((), offset)
         return LogRead(self.after(offset), self.length, self.final)
 
     def _wake(self) -> None:
         self.changed.set_result(None)
         self.changed = self.changed.get_loop().create_future()
+
+
+def _runs(pieces: Any) -> list[Part]:
+    """``(kind, text)`` pieces as parts, adjacent pieces of one kind joined, empty ones dropped."""
+    runs: list[Part] = []
+    pending: list[str] = []
+    kind: PartKind | None = None
+    for piece_kind, text in pieces:
+        if not text:
+            continue
+        if piece_kind != kind and pending:
+            runs.append(Part(kind, "".join(pending)))  # type: ignore[arg-type]
+            pending = []
+        kind = piece_kind
+        pending.append(text)
+    if pending:
+        runs.append(Part(kind, "".join(pending)))  # type: ignore[arg-type]
+    return runs

@@ -1,7 +1,8 @@
 """The in-process reply log: the embedded default (runserver, tests, one worker).
 
 Only the process that runs a generation can read it, so several workers need
-the Redis log.
+the Redis log. With one process nobody else can take a reply over: a lease is
+the entry itself, and a claim succeeds only once the entry has ended or is gone.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from chatstream.replylog.base import LogRead, ReplyLog
+from chatstream.exceptions import LeaseLost
+from chatstream.replylog.base import ANSWER, LogRead, PartKind, ReplyLog, ReplyWriter
 from chatstream.replylog.buffer import ReplyBuffer
 
 
@@ -24,24 +26,44 @@ class _Entry(ReplyBuffer):
         self.owner = owner
 
 
+class _Writer(ReplyWriter):
+    def __init__(self, log: MemoryReplyLog, reply_id: str, entry: _Entry, *, claim: bool) -> None:
+        super().__init__(reply_id, entry)
+        self.log, self.entry, self.claim = log, entry, claim
+
+    async def append(self, text: str, kind: PartKind = ANSWER) -> None:
+        if self.claim or self.log._entries.get(self.reply_id) is not self.entry:
+            raise LeaseLost()
+        if text:
+            self.entry.append(text, kind)
+
+    async def close(self, final: Mapping[str, Any] | None) -> bool:
+        entry = self.entry
+        if entry.final is not None or final is None:
+            return False
+        entry.finish(final)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.log.ttl, self.log._expire, self.reply_id, entry)
+        return True
+
+    async def wait_stop(self) -> None:
+        await self.entry.stop.wait()
+
+
 class MemoryReplyLog(ReplyLog):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._entries: dict[str, _Entry] = {}
 
-    async def open(self, reply_id: str, owner: str = "") -> None:
-        self._entries[reply_id] = _Entry(owner)
+    async def open(self, reply_id: str, owner: str = "") -> ReplyWriter:
+        entry = self._entries[reply_id] = _Entry(owner)
+        return _Writer(self, reply_id, entry, claim=False)
 
-    async def append(self, reply_id: str, text: str) -> None:
-        if text:
-            self._entries[reply_id].append(text)
-
-    async def finish(self, reply_id: str, final: Mapping[str, Any]) -> None:
+    async def claim(self, reply_id: str) -> ReplyWriter | None:
         entry = self._entries.get(reply_id)
-        if entry is None:
-            return
-        entry.finish(final)
-        asyncio.get_running_loop().call_later(self.ttl, self._expire, reply_id, entry)
+        if entry is not None and entry.final is None:
+            return None
+        return _Writer(self, reply_id, entry or _Entry(""), claim=True)
 
     def _expire(self, reply_id: str, entry: _Entry) -> None:
         if self._entries.get(reply_id) is entry:
@@ -65,9 +87,6 @@ class MemoryReplyLog(ReplyLog):
         entry = self._entries.get(reply_id)
         if entry is not None:
             entry.stop.set()
-
-    async def wait_stop(self, reply_id: str) -> None:
-        await self._entries[reply_id].stop.wait()
 
     async def reader_joined(self, reply_id: str) -> None:
         if (entry := self._entries.get(reply_id)) is not None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -40,8 +41,18 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
-from chatstream.exceptions import ReplyLogUnavailable
-from chatstream.replylog.base import WORKER, LogRead, ReplyLog, wait_done
+from chatstream.exceptions import LeaseLost, ReplyLogUnavailable
+from chatstream.replylog.base import (
+    ANSWER,
+    REASONING,
+    WORKER,
+    LogRead,
+    Part,
+    PartKind,
+    ReplyLog,
+    ReplyWriter,
+    wait_done,
+)
 from chatstream.replylog.buffer import ReplyBuffer
 
 logger = logging.getLogger(__name__)
@@ -50,28 +61,106 @@ _ORPHAN_TTL = 24 * 3600  # a log whose owner vanished before finish() still goes
 _CURSORS = 20_000  # remembered (reply, offset) -> stream id hints
 _RETRY_DELAY = 0.5  # seconds between flush attempts while Redis is away
 _CATCH_UP = 1.0  # seconds, past two batches, a resume waits for its offset to arrive
+_CLOSE_RETRY = 10.0  # seconds a writer keeps trying to write its final record
 
 
-class _Writer:
-    """The owner's side of one reply: buffered text, flushed in order.
+_APPEND = """
+local fence = redis.call('GET', KEYS[2])
+if fence and fence ~= ARGV[1] then return -1 end
+if not fence or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 7, #ARGV, 3 do
+  if ARGV[i] == 'r' then
+    redis.call('XADD', KEYS[1], '*', 't', ARGV[i + 1], 'e', ARGV[i + 2], 'k', 'r')
+  else
+    redis.call('XADD', KEYS[1], '*', 't', ARGV[i + 1], 'e', ARGV[i + 2])
+  end
+end
+local result = 1
+if ARGV[4] ~= '' then
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][2]
+  for i = 1, #last, 2 do
+    if last[i] == 'f' then result = 2 end
+  end
+  if result == 1 then redis.call('XADD', KEYS[1], '*', 'e', ARGV[5], 'f', ARGV[4]) end
+end
+if ARGV[6] ~= '0' then
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+  redis.call('DEL', KEYS[3], KEYS[4])
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return result
+"""
+# The log vanished (a Redis restart): its owner writes it whole, and takes its fence back.
+_REWRITE = """
+local fence = redis.call('GET', KEYS[2])
+if fence and fence ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[8])
+redis.call('DEL', KEYS[1])
+redis.call('XADD', KEYS[1], '*', 't', '', 'e', 0, 'o', ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+return 1
+"""
+# A claim: only a reply with no lease, and (unless forced) a log still there.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if ARGV[4] == '0' and redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[5])
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+# Per reply: renew the lease while the fence is ours (re-taking one a restart dropped).
+_HEARTBEAT = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local token = ARGV[3 + (i + 1) / 2]
+  local fence = redis.call('GET', KEYS[i + 1])
+  if fence and fence ~= token then
+    out[#out + 1] = 0
+  else
+    if not fence then redis.call('SET', KEYS[i + 1], token, 'EX', ARGV[3]) end
+    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+    out[#out + 1] = 1
+  end
+end
+return out
+"""
 
-    ``local`` holds the whole text for readers on this worker (they never wait on
-    Redis) and for rewriting a log that vanished.
+_LOST, _VANISHED, _WRITTEN = -1, 0, 1  # and 2: the log had its final record already
+
+
+class _Writer(ReplyWriter):
+    """The owner's side of one reply: buffered parts, flushed in order, fenced by ``token``.
+
+    ``buffer`` holds the whole reply for readers on this worker (they never wait
+    on Redis) and for rewriting a log that vanished. A claim (recovery) is a
+    writer with nothing to append.
     """
 
-    def __init__(self, log: RedisReplyLog, state: _LoopState, reply_id: str, owner: str) -> None:
-        self.log, self.state, self.reply_id, self.owner = log, state, reply_id, owner
-        self.pending: list[str] = []
-        self.local = ReplyBuffer()
+    def __init__(
+        self, log: RedisReplyLog, state: _LoopState, reply_id: str, owner: str, token: str
+    ) -> None:
+        super().__init__(reply_id, ReplyBuffer())
+        self.log, self.state, self.owner, self.token = log, state, owner, token
+        self.pending: list[Part] = []
         self.lock = asyncio.Lock()
         self.timer: asyncio.Task[None] | None = None
         self.stop = asyncio.Event()
+        self.claimed = False  # a recovery's writer: appends nothing, rewrites nothing
 
-    def add(self, text: str) -> None:
-        self.pending.append(text)
-        self.local.append(text)
-        if self.timer is None:
-            self.timer = asyncio.ensure_future(self._flush_later(self.log.batch_interval))
+    @property
+    def keys(self) -> list[str]:
+        log, reply_id = self.log, self.reply_id
+        return [log.key(kind, reply_id) for kind in ("reply", "fence", "lease", "stop")]
+
+    async def append(self, text: str, kind: PartKind = ANSWER) -> None:
+        if self.lost.is_set() or self.claimed:
+            raise LeaseLost()
+        if text:
+            self.pending.append(Part(kind, text))
+            self.buffer.append(text, kind)
+            if self.timer is None:
+                self.timer = asyncio.ensure_future(self._flush_later(self.log.batch_interval))
 
     async def _flush_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -80,47 +169,141 @@ class _Writer:
             await self.flush()
         except RedisError as exc:  # kept pending; retried, more slowly
             logger.warning("Reply log flush failed for %s: %s", self.reply_id, exc)
-            if self.timer is None:
+            if self.timer is None and not self.lost.is_set():
                 self.timer = asyncio.ensure_future(self._flush_later(_RETRY_DELAY))
 
-    async def flush(self, final: Mapping[str, Any] | None = None) -> None:
-        async with self.lock:
-            if not self.pending and final is None:
-                return
-            # Taken before any await: appends made meanwhile go to the next flush.
-            chunk, end = "".join(self.pending), self.local.length
-            self.pending.clear()
-            key = self.log.key("reply", self.reply_id)
-            try:
-                async with self.state.client.pipeline(transaction=True) as pipe:
-                    if chunk:
-                        pipe.xadd(key, {"t": chunk, "e": end}, nomkstream=True)
-                    if final is not None:
-                        pipe.xadd(key, {"e": end, "f": json.dumps(final)}, nomkstream=True)
-                    pipe.publish(self.log.channel, f"t:{self.reply_id}")
-                    results = await pipe.execute()
-                if None in results:  # the stream vanished (Redis restarted): write it whole
-                    await self._rewrite(end, final)
-            except BaseException:
-                self.pending.insert(0, chunk)
-                raise
+    async def flush(self, final: Mapping[str, Any] | None = None, close: bool = False) -> bool:
+        """Write what is pending (and the final record, unless the log has one).
 
-    async def _rewrite(self, end: int, final: Mapping[str, Any] | None) -> None:
-        key = self.log.key("reply", self.reply_id)
-        whole = self.local.after(0)[:end]
-        async with self.state.client.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.xadd(key, {"t": whole, "e": len(whole), "o": self.owner})
-            if final is not None:
-                pipe.xadd(key, {"e": len(whole), "f": json.dumps(final)})
-            pipe.expire(key, _ORPHAN_TTL)
-            pipe.publish(self.log.channel, f"t:{self.reply_id}")
-            await pipe.execute()
+        False once fenced out, or when the log had its final record already.
+        """
+        async with self.lock:
+            if self.lost.is_set():
+                return False
+            if not self.pending and final is None and not close:
+                return True
+            # Taken before any await: appends made meanwhile go to the next flush.
+            parts, end = self.pending, self.buffer.length
+            self.pending = []
+            try:
+                result = await self._write(parts, end, final, close)
+                if result == _VANISHED and self.claimed:
+                    return False  # nothing to finalise into: its lease lapses by itself
+                if result == _VANISHED:
+                    await self._rewrite()
+                    whole = _upto(self.buffer.after(0), self.buffer.length - end)
+                    result = await self._write(whole, end, final, close)
+            except BaseException:
+                self.pending[:0] = parts
+                raise
+            if result == _LOST:
+                self.fenced_out()
+                return False
+            return result == _WRITTEN
+
+    async def _write(
+        self, parts: Any, end: int, final: Mapping[str, Any] | None, close: bool
+    ) -> int:
+        args: list[Any] = [
+            self.token,
+            self.log.channel,
+            f"t:{self.reply_id}",
+            json.dumps(final) if final is not None else "",
+            end,
+            max(1, int(self.log.ttl)) if close else 0,
+        ]
+        ends = end - sum(len(part.text) for part in parts)
+        for part in _merged(parts):
+            ends += len(part.text)
+            args += ["r" if part.kind == REASONING else "a", part.text, ends]
+        return int(await self.state.append(keys=self.keys, args=args))
+
+    async def _rewrite(self) -> None:
+        args = [self.token, "", "", "", 0, 0, self.owner, _ORPHAN_TTL]
+        if int(await self.state.rewrite(keys=self.keys, args=args)) == _LOST:
+            self.fenced_out()
+            raise LeaseLost()
+
+    def fenced_out(self) -> None:
+        if not self.lost.is_set():
+            logger.warning("Reply %s was taken over by another worker; stopping.", self.reply_id)
+        self.lost.set()
+        self.stop.set()
+        self.pending = []
+
+    async def holds_lease(self) -> bool:
+        if self.lost.is_set():
+            return False
+        try:
+            fence = await self.state.client.get(self.log.key("fence", self.reply_id))
+        except RedisError:
+            return True  # unknown: the row's conditional write still decides once
+        if fence is not None and fence != self.token:
+            self.fenced_out()
+        return not self.lost.is_set()
+
+    async def close(self, final: Mapping[str, Any] | None) -> bool:
+        if self.state.writers.get(self.reply_id) is self:
+            del self.state.writers[self.reply_id]
+        self.cancel_timer()
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + _CLOSE_RETRY, _RETRY_DELAY
+        while True:
+            try:
+                written = await self.flush(final, close=True)
+                break
+            except (RedisError, LeaseLost) as exc:
+                if isinstance(exc, LeaseLost) or loop.time() + delay > deadline:
+                    # Readers elsewhere see the lease lapse and read the database.
+                    logger.warning("Could not close the reply log of %s: %s", self.reply_id, exc)
+                    written = not self.lost.is_set()
+                    break
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)
+        if written and final is not None:
+            self.buffer.finish(final)  # this worker's readers end at once
+        else:
+            self.buffer._wake()  # they read Redis, which has the word
+        return written and final is not None
+
+    async def wait_stop(self) -> None:
+        state = self.state
+        await state.subscribed.wait()
+        try:
+            # Shielded: this watcher is cancelled as soon as a reply ends, often while
+            # this first command still runs, and redis-py cancelled mid-command (on a
+            # connection it is opening) can leave the cancelled task hanging.
+            if await asyncio.shield(state.client.exists(self.log.key("stop", self.reply_id))):
+                return
+        except RedisError:
+            pass  # the subscription still hears a stop once Redis is back
+        await self.stop.wait()
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+def _upto(parts: tuple[Part, ...], excess: int) -> list[Part]:
+    """``parts`` less their last ``excess`` code points."""
+    kept = list(parts)
+    while excess > 0 and kept:
+        last = kept.pop()
+        if len(last.text) > excess:
+            kept.append(Part(last.kind, last.text[:-excess]))
+        excess -= len(last.text)
+    return kept
+
+
+def _merged(parts: Any) -> list[Part]:
+    merged: list[Part] = []
+    for part in parts:
+        if merged and merged[-1].kind == part.kind:
+            merged[-1] = Part(part.kind, merged[-1].text + part.text)
+        else:
+            merged.append(part)
+    return merged
 
 
 class _LoopState:
@@ -136,6 +319,10 @@ class _LoopState:
             timeout=log.pool_timeout,
         )
         self.client = aredis.Redis.from_pool(pool)
+        self.append = self.client.register_script(_APPEND)
+        self.rewrite = self.client.register_script(_REWRITE)
+        self.claim = self.client.register_script(_CLAIM)
+        self.heartbeat_script = self.client.register_script(_HEARTBEAT)
         self.writers: dict[str, _Writer] = {}
         # Readers' wake-ups by reply; a future lives while some reader waits on it.
         self.waiters: weakref.WeakValueDictionary[str, asyncio.Future[None]] = (
@@ -178,20 +365,43 @@ class RedisReplyLog(ReplyLog):
 
     # --- the owner's side -------------------------------------------------------
 
-    async def open(self, reply_id: str, owner: str = "") -> None:
+    async def open(self, reply_id: str, owner: str = "") -> ReplyWriter:
         state = self._state
         await self._ensure_background(state)
+        writer = _Writer(self, state, reply_id, owner, uuid.uuid4().hex)
         key = self.key("reply", reply_id)
         try:
             async with state.client.pipeline(transaction=True) as pipe:
                 pipe.delete(key, self.key("stop", reply_id))
                 pipe.xadd(key, {"t": "", "e": 0, "o": owner})  # the owner rides on entry one
                 pipe.expire(key, _ORPHAN_TTL)
+                pipe.set(self.key("fence", reply_id), writer.token, ex=_ORPHAN_TTL)
                 pipe.set(self.key("lease", reply_id), WORKER, px=self._lease_ms)
                 await pipe.execute()
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
-        state.writers[reply_id] = _Writer(self, state, reply_id, owner)
+        state.writers[reply_id] = writer
+        return writer
+
+    async def claim(self, reply_id: str) -> ReplyWriter | None:
+        state = self._state
+        if reply_id in state.writers:
+            return None
+        writer = _Writer(self, state, reply_id, "", uuid.uuid4().hex)
+        writer.claimed = True
+        # Long enough to finalise a row; a slower recovery is taken over, and fenced out.
+        args = [writer.token, WORKER, max(self._lease_ms, 30_000), 0, _ORPHAN_TTL]
+        try:
+            result = int(await state.claim(keys=writer.keys, args=args))
+            if result == -2:
+                # No log at all: Redis restarted, and a live owner rewrites it (and renews
+                # its lease) at its next heartbeat. Wait for that once, then take it.
+                await asyncio.sleep(self._heartbeat_interval + 0.5)
+                args[3] = 1
+                result = int(await state.claim(keys=writer.keys, args=args))
+        except RedisError as exc:
+            raise ReplyLogUnavailable() from exc
+        return writer if result == 1 else None
 
     async def ping(self) -> None:
         try:
@@ -204,48 +414,6 @@ class RedisReplyLog(ReplyLog):
             return await self._state.client.get(self.key("lease", reply_id))
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
-
-    async def append(self, reply_id: str, text: str) -> None:
-        if text:
-            self._state.writers[reply_id].add(text)
-
-    async def finish(self, reply_id: str, final: Mapping[str, Any]) -> None:
-        state = self._state
-        writer = state.writers.pop(reply_id, None)
-        try:
-            if writer is not None:
-                writer.local.finish(final)  # this worker's readers end at once
-                writer.cancel_timer()
-                await writer.flush(final)
-            else:  # finished by someone else (recovery): only the final record is new
-                end = await self.length(reply_id)
-                if end is None:
-                    return
-                async with state.client.pipeline(transaction=True) as pipe:
-                    pipe.xadd(self.key("reply", reply_id), {"e": end, "f": json.dumps(final)})
-                    pipe.publish(self.channel, f"t:{reply_id}")
-                    await pipe.execute()
-            async with state.client.pipeline(transaction=True) as pipe:
-                pipe.expire(self.key("reply", reply_id), max(1, int(self.ttl)))
-                pipe.delete(self.key("lease", reply_id), self.key("stop", reply_id))
-                await pipe.execute()
-        except RedisError as exc:
-            # Readers see the lease lapse and read the database, which has the word.
-            logger.warning("Could not finish the reply log of %s: %s", reply_id, exc)
-
-    async def wait_stop(self, reply_id: str) -> None:
-        state = self._state
-        writer = state.writers[reply_id]
-        await state.subscribed.wait()
-        try:
-            # Shielded: this watcher is cancelled as soon as a reply ends, often while
-            # this first command still runs, and redis-py cancelled mid-command (on a
-            # connection it is opening) can leave the cancelled task hanging.
-            if await asyncio.shield(state.client.exists(self.key("stop", reply_id))):
-                return
-        except RedisError:
-            pass  # the subscription still hears a stop once Redis is back
-        await writer.stop.wait()
 
     # --- anyone's side ----------------------------------------------------------
 
@@ -285,19 +453,22 @@ class RedisReplyLog(ReplyLog):
     async def is_alive(self, reply_id: str) -> bool:
         if reply_id in self._state.writers:
             return True
+        client = self._state.client
         try:
-            if await self._state.client.exists(self.key("lease", reply_id)):
+            if await client.exists(self.key("lease", reply_id)):
                 return True
-            # A Redis restart drops leases until the owner's next heartbeat: look again then.
+            if await client.exists(self.key("reply", reply_id)):
+                return False  # a log with no lease: its owner is gone
+            # No log at all: a Redis restart drops both until the owner's next heartbeat.
             await asyncio.sleep(self._heartbeat_interval + 0.5)
-            return bool(await self._state.client.exists(self.key("lease", reply_id)))
+            return bool(await client.exists(self.key("lease", reply_id)))
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
 
     async def length(self, reply_id: str) -> int | None:
         writer = self._state.writers.get(reply_id)
         if writer is not None:
-            return writer.local.length
+            return writer.buffer.length
         try:
             last = await self._state.client.xrevrange(self.key("reply", reply_id), count=1)
         except RedisError as exc:
@@ -335,7 +506,7 @@ class RedisReplyLog(ReplyLog):
         state = self._state
         writer = state.writers.get(reply_id)
         if writer is not None:  # generated here: read this worker's own copy
-            return await writer.local.read(offset, timeout)
+            return await writer.buffer.read(offset, timeout)
         client, key = state.client, self.key("reply", reply_id)
         try:
             await self._ensure_background(state)
@@ -359,7 +530,7 @@ class RedisReplyLog(ReplyLog):
             if not await client.exists(key):
                 return None
             self._remember(reply_id, offset, cursor)
-            return LogRead("", offset)
+            return LogRead((), offset)
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
 
@@ -372,10 +543,11 @@ class RedisReplyLog(ReplyLog):
             text = fields.get("t", "")
             if text and entry_end > offset:
                 start = entry_end - len(text)
-                pieces.append(text[max(0, offset - start) :])
+                kind = REASONING if fields.get("k") == "r" else ANSWER
+                pieces.append(Part(kind, text[max(0, offset - start) :]))
                 end = entry_end
         self._remember(reply_id, end, entries[-1][0])
-        return LogRead("".join(pieces), end, final)
+        return LogRead(tuple(_merged(pieces)), end, final)
 
     def _remember(self, reply_id: str, offset: int, stream_id: str) -> None:
         self._cursors[(reply_id, offset)] = stream_id
@@ -455,18 +627,25 @@ class RedisReplyLog(ReplyLog):
                     writer.stop.set()
 
     async def _beat(self, state: _LoopState) -> None:
-        """Keep this process's leases alive; SET (not PEXPIRE) survives a Redis restart."""
+        """Keep this process's leases alive while their fences are ours.
+
+        A fence taken by someone else (this process stalled past the lease, and the
+        reply was recovered) stops its generation: it learns here, at the latest.
+        """
         while True:
             await asyncio.sleep(self._heartbeat_interval)
-            if not state.writers:
+            writers = [w for w in state.writers.values() if not w.claimed]
+            if not writers:
                 continue
             try:
-                async with state.client.pipeline(transaction=False) as pipe:
-                    for reply_id in state.writers:
-                        pipe.set(self.key("lease", reply_id), WORKER, px=self._lease_ms)
-                    await pipe.execute()
-                for writer in list(state.writers.values()):
-                    if writer.pending and writer.timer is None:
+                keys = [key for w in writers for key in w.keys[2:0:-1]]  # lease, fence
+                tokens = [w.token for w in writers]
+                args = [WORKER, self._lease_ms, _ORPHAN_TTL, *tokens]
+                held = await state.heartbeat_script(keys=keys, args=args)
+                for writer, holds in zip(writers, held, strict=True):
+                    if not holds:
+                        writer.fenced_out()
+                    elif writer.pending and writer.timer is None:
                         await writer.flush()
             except RedisError as exc:
                 logger.warning("Lease heartbeat failed: %s", exc)

@@ -5,8 +5,9 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand
 
-from chatstream.generation import recover
+from chatstream.ending import recover_all
 from chatstream.models import Message, Status
+from chatstream.replylog import get_reply_log
 
 
 class Command(BaseCommand):
@@ -25,4 +26,8 @@ class Command(BaseCommand):
         self.stdout.write(f"Recovered {recovered} of {len(ids)} streaming replies.")
 
     async def _recover(self, ids: list[str]) -> int:
-        return sum([await recover(reply_id) is not None for reply_id in ids])
+        log = get_reply_log()
+        try:
+            return await recover_all(ids, log)
+        finally:
+            await log.aclose()

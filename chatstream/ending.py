@@ -1,0 +1,301 @@
+"""How a reply ends: one construct whose exit always ends it, and recovery of orphans.
+
+``async with Ending(spec, writer, settings) as ending`` wraps a generation. Its
+exit, whatever happened inside (an upstream failure, a stop, a cancelled task, a
+database that refuses the write, a row deleted meanwhile), writes the log's one
+final record and releases the lease, so readers always get ``done`` and the
+conversation is never left with a reply that looks alive. The row is written
+first when the database answers promptly; otherwise readers get ``done`` from
+what the generation knows, and the row's write is retried for a bounded time,
+after which any recovery finalises it from the log's final record.
+
+A writer that lost its lease (it stalled, and another worker recovered the
+reply) writes nothing: one reply, one final record. The row's conditional UPDATE
+(``WHERE status = 'streaming'``) succeeds exactly once whoever attempts it, so
+``reply_finished`` fires once per reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from chatstream.models import Message, Role, Status
+from chatstream.replylog import ReplyLog, get_reply_log
+from chatstream.replylog.base import ANSWER, REASONING, Part, ReplyWriter, wait_done
+from chatstream.serializers import message_payload
+from chatstream.signals import reply_finished
+
+logger = logging.getLogger(__name__)
+
+#: Seconds readers may wait for the row before ``done`` goes out from memory instead.
+_ROW_WAIT = 1.0
+_RETRY_FIRST, _RETRY_MOST = 0.5, 5.0  # seconds between two attempts at the row
+#: Replies younger than this are being started, not orphaned: sweeps leave them be.
+STARTING = timedelta(seconds=30)
+_RECOVER_AT_ONCE = 32
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    error_code: str = ""
+    error_message: str = ""
+
+
+def final_record(message: Message) -> dict[str, Any]:
+    """The log's last record: what ``done`` (and ``error``) events say."""
+    payload = message_payload(message)
+    return {
+        "status": message.status,
+        "finish_reason": payload["finish_reason"],
+        "usage": payload["usage"],
+        "error": payload["error"],
+        "message": payload,
+        "layout": message.layout,  # for recovery: the order of the parts
+    }
+
+
+def text_fields(parts: tuple[Part, ...] | list[Part]) -> dict[str, Any]:
+    """The row's text fields for a reply made of ``parts``, in their order."""
+    layout = [[part.kind, len(part.text)] for part in parts]
+    return {
+        "content": "".join(part.text for part in parts if part.kind == ANSWER),
+        "reasoning": "".join(part.text for part in parts if part.kind == REASONING),
+        "layout": layout if any(kind == REASONING for kind, _ in layout) else None,
+    }
+
+
+def row_fields(final: Mapping[str, Any]) -> dict[str, Any]:
+    """A final record as the row's fields: recovery writes these."""
+    payload = final["message"]
+    usage, error = payload.get("usage") or {}, payload.get("error") or {}
+    finished = payload.get("finished_at")
+    return {
+        "content": payload.get("content") or "",
+        "reasoning": payload.get("reasoning") or "",
+        "layout": final.get("layout"),
+        "status": payload["status"],
+        "finish_reason": payload.get("finish_reason") or "",
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "reasoning_tokens": usage.get("reasoning_tokens"),
+        "cached_tokens": usage.get("cached_tokens"),
+        "usage_estimated": bool(usage.get("estimated")),
+        "ttft_ms": payload.get("ttft_ms"),
+        "duration_ms": payload.get("duration_ms"),
+        "error_code": error.get("code") or "",
+        "error_message": error.get("message") or "",
+        "finished_at": (parse_datetime(finished) if finished else None) or timezone.now(),
+    }
+
+
+def _finalise_row(reply_id: str, fields: Mapping[str, Any]) -> tuple[Message | None, bool]:
+    """Finalise the row unless someone already did; returns (message, whether we did)."""
+    # The conversation's updated_at moved when the turn began: no second write here.
+    won = Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(**fields)
+    try:
+        message = Message.objects.select_related("conversation").get(pk=reply_id)
+    except Message.DoesNotExist:  # deleted meanwhile (its conversation, its owner)
+        return None, False
+    return message, bool(won)
+
+
+async def persist(reply_id: str, fields: Mapping[str, Any]) -> tuple[Message | None, bool]:
+    """One attempt at the row's final write; raises what the database raises."""
+    return await sync_to_async(_finalise_row)(reply_id, fields)
+
+
+async def announce(message: Message) -> None:
+    """Once per reply, by whoever finalised its row: the log line and ``reply_finished``."""
+    line = {
+        "reply": str(message.pk),
+        "assistant": message.assistant_id,
+        "model": message.model,
+        "status": message.status,
+        "finish_reason": message.finish_reason or None,
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+        "reasoning_tokens": message.reasoning_tokens,
+        "cached_tokens": message.cached_tokens,
+        "estimated": message.usage_estimated,
+        "ttft_ms": message.ttft_ms,
+        "duration_ms": message.duration_ms,
+        "error": message.error_code or None,
+    }
+    # One line per reply, never its text: operators grep and parse these.
+    logger.info("reply finished %s", json.dumps(line), extra={"chatstream": line})
+    for receiver, result in await reply_finished.asend_robust(sender=Message, message=message):
+        if isinstance(result, Exception):
+            logger.error("reply_finished receiver %r failed", receiver, exc_info=result)
+
+
+class Ending:
+    """The end of one reply, owned by its generation; see the module's docstring.
+
+    The generation sets ``outcome`` (and ``finish_reason``, ``usage``, ``ttft_ms``)
+    as it learns them; ``fields`` builds the row's final fields from them.
+    """
+
+    def __init__(
+        self,
+        writer: ReplyWriter,
+        *,
+        conversation_id: str,
+        created_at: datetime | None,
+        model: str,
+        finalise_retry: float,
+    ) -> None:
+        self.writer = writer
+        self.conversation_id, self.created_at, self.model = conversation_id, created_at, model
+        self.finalise_retry = finalise_retry
+        self.outcome: Outcome | None = None
+        self.fields: dict[str, Any] = {}
+        #: The row as finalised by us (``None``: deleted, lost, or not yet written).
+        self.message: Message | None = None
+
+    async def __aenter__(self) -> Ending:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            self.outcome = Outcome(Status.INTERRUPTED)
+        elif exc is not None:
+            logger.error("Reply %s failed", self.writer.reply_id, exc_info=exc)
+            self.outcome = Outcome(
+                Status.ERROR, "internal_error", "The reply failed on the server."
+            )
+        outcome = self.outcome or Outcome(Status.INTERRUPTED)
+        self.fields.update(
+            status=outcome.status,
+            error_code=outcome.error_code,
+            error_message=outcome.error_message,
+            finished_at=timezone.now(),
+        )
+        await self._end(self.fields)
+
+    async def _end(self, fields: dict[str, Any]) -> None:
+        writer = self.writer
+        if not await writer.holds_lease():
+            await writer.close(None)  # fenced out: whoever took it over ends it
+            return
+        attempt = asyncio.ensure_future(persist(writer.reply_id, fields))
+        written = await wait_done(attempt, _ROW_WAIT) and attempt.exception() is None
+        message, won = attempt.result() if written else (None, False)
+        try:
+            await writer.close(final_record(message or self._unsaved(fields)))
+        finally:
+            if not written:
+                message, won = await self._retry(attempt, fields)
+        self.message = message
+        if won and message is not None:
+            await announce(message)
+
+    async def _retry(
+        self, attempt: asyncio.Future[tuple[Message | None, bool]], fields: dict[str, Any]
+    ) -> tuple[Message | None, bool]:
+        """Retry the row's write with backoff for ``finalise_retry`` seconds.
+
+        Readers have their ``done`` already. Giving up leaves the row ``streaming``
+        and the log's final record holding everything: any recovery then writes it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.finalise_retry, _RETRY_FIRST
+        reply_id = self.writer.reply_id
+        while True:
+            try:
+                return await attempt
+            except Exception as exc:
+                if loop.time() + delay > deadline:
+                    logger.error(
+                        "Gave up finalising reply %s's row (%s); its log keeps the ending "
+                        "for recovery.",
+                        reply_id,
+                        exc,
+                    )
+                    return None, False
+                logger.warning("Finalising reply %s failed (%s); retrying.", reply_id, exc)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _RETRY_MOST)
+            attempt = asyncio.ensure_future(persist(reply_id, fields))
+
+    def _unsaved(self, fields: Mapping[str, Any]) -> Message:
+        """The row as it will be, for ``done`` while the database does not answer."""
+        return Message(
+            id=self.writer.reply_id,
+            conversation_id=self.conversation_id,
+            role=Role.ASSISTANT,
+            model=self.model,
+            created_at=self.created_at,
+            **fields,
+        )
+
+
+async def recover(reply_id: str, log: ReplyLog | None = None) -> Message | None:
+    """Finalise a reply whose generation is gone; ``None`` while a live one owns it.
+
+    A generation that ended but could not write its row left everything in its
+    log's final record: that is written. Otherwise the reply was cut short (its
+    process died): ``interrupted``, with all the text its log holds.
+    """
+    log = log or get_reply_log()
+    writer = await log.claim(reply_id)
+    if writer is None:
+        return None
+    final: Mapping[str, Any] | None = None
+    try:
+        read = await log.read(reply_id, 0, 0)
+        if read is not None and read.final is not None and read.final.get("message"):
+            final = read.final
+            fields = row_fields(read.final)
+        else:
+            fields = {"status": Status.INTERRUPTED, "finished_at": timezone.now()}
+            if read is not None and read.parts:
+                fields.update(text_fields(read.parts))
+        message, won = await persist(reply_id, fields)
+    except BaseException:
+        await writer.close(None)
+        raise
+    await writer.close(None if final is not None or message is None else final_record(message))
+    if won and message is not None:
+        await announce(message)
+    return message
+
+
+async def recover_all(reply_ids: list[str], log: ReplyLog | None = None) -> int:
+    """Recover many at once (a few dozen at a time); returns how many were finalised."""
+    log = log or get_reply_log()
+    places = asyncio.Semaphore(_RECOVER_AT_ONCE)
+
+    async def one(reply_id: str) -> bool:
+        async with places:
+            try:
+                return await recover(reply_id, log) is not None
+            except Exception as exc:
+                logger.warning("Could not recover reply %s: %s", reply_id, exc)
+                return False
+
+    return sum(await asyncio.gather(*(one(reply_id) for reply_id in reply_ids)))
+
+
+def orphan_candidates() -> list[str]:
+    """Streaming replies old enough not to be starting right now."""
+    rows = Message.objects.filter(
+        status=Status.STREAMING, created_at__lt=timezone.now() - STARTING
+    ).values_list("pk", flat=True)
+    return [str(pk) for pk in rows]
