@@ -30,6 +30,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from chatstream import dbpool
 from chatstream.models import Message, Role, Status
 from chatstream.replylog import ReplyLog, get_reply_log
 from chatstream.replylog.base import ANSWER, REASONING, Part, ReplyWriter, wait_done
@@ -43,7 +44,7 @@ _ROW_WAIT = 1.0
 _RETRY_FIRST, _RETRY_MOST = 0.5, 5.0  # seconds between two attempts at the row
 #: Replies younger than this are being started, not orphaned: sweeps leave them be.
 STARTING = timedelta(seconds=30)
-_RECOVER_AT_ONCE = 32
+_RECOVER_AT_ONCE = dbpool.POOL_SIZE
 
 
 @dataclass(frozen=True)
@@ -246,12 +247,15 @@ class Ending:
         )
 
 
-async def recover(reply_id: str, log: ReplyLog | None = None) -> Message | None:
+async def recover(
+    reply_id: str, log: ReplyLog | None = None, places: asyncio.Semaphore | None = None
+) -> Message | None:
     """Finalise a reply whose generation is gone; ``None`` while a live one owns it.
 
     A generation that ended but could not write its row left everything in its
     log's final record: that is written. Otherwise the reply was cut short (its
-    process died): ``interrupted``, with all the text its log holds.
+    process died): ``interrupted``, with all the text its log holds. ``places``
+    bounds how many recoveries use the database at once (the claims do not wait).
     """
     log = log or get_reply_log()
     writer = await log.claim(reply_id)
@@ -267,7 +271,11 @@ async def recover(reply_id: str, log: ReplyLog | None = None) -> Message | None:
             fields = {"status": Status.INTERRUPTED, "finished_at": timezone.now()}
             if read is not None and read.parts:
                 fields.update(text_fields(read.parts))
-        message, won = await persist(reply_id, fields)
+        if places is None:
+            message, won = await persist(reply_id, fields)
+        else:  # many at once: on the pool's few threads, not one after another
+            async with places:
+                message, won = await dbpool.run(_finalise_row, reply_id, fields)
     except BaseException:
         await writer.close(None)
         raise
@@ -278,17 +286,16 @@ async def recover(reply_id: str, log: ReplyLog | None = None) -> Message | None:
 
 
 async def recover_all(reply_ids: list[str], log: ReplyLog | None = None) -> int:
-    """Recover many at once (a few dozen at a time); returns how many were finalised."""
+    """Recover many at once; returns how many were finalised (by us or just before)."""
     log = log or get_reply_log()
     places = asyncio.Semaphore(_RECOVER_AT_ONCE)
 
     async def one(reply_id: str) -> bool:
-        async with places:
-            try:
-                return await recover(reply_id, log) is not None
-            except Exception as exc:
-                logger.warning("Could not recover reply %s: %s", reply_id, exc)
-                return False
+        try:
+            return await recover(reply_id, log, places) is not None
+        except Exception as exc:
+            logger.warning("Could not recover reply %s: %s", reply_id, exc)
+            return False
 
     return sum(await asyncio.gather(*(one(reply_id) for reply_id in reply_ids)))
 

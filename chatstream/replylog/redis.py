@@ -331,6 +331,9 @@ class _LoopState:
         self.listener: asyncio.Task[None] | None = None
         self.heartbeat: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
+        # When Redis last started, as this loop's clock tells (asked at most every second).
+        self.started_at: float | None = None
+        self.asked_at = 0.0
 
 
 class RedisReplyLog(ReplyLog):
@@ -394,9 +397,11 @@ class RedisReplyLog(ReplyLog):
         try:
             result = int(await state.claim(keys=writer.keys, args=args))
             if result == -2:
-                # No log at all: Redis restarted, and a live owner rewrites it (and renews
-                # its lease) at its next heartbeat. Wait for that once, then take it.
-                await asyncio.sleep(self._heartbeat_interval + 0.5)
+                # No log at all. If Redis restarted lately, a live owner rewrites it (and
+                # renews its lease) at its next heartbeat: wait for that once. Else the
+                # log expired long ago, or never was: take it now.
+                if await self._restarted_lately(state):
+                    await asyncio.sleep(self._heartbeat_interval + 0.5)
                 args[3] = 1
                 result = int(await state.claim(keys=writer.keys, args=args))
         except RedisError as exc:
@@ -450,6 +455,15 @@ class RedisReplyLog(ReplyLog):
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
 
+    async def _restarted_lately(self, state: _LoopState) -> bool:
+        """Whether Redis started within a lease (its data, leases included, may be gone)."""
+        loop = asyncio.get_running_loop()
+        if state.started_at is None or loop.time() - state.asked_at > 1:
+            info = await state.client.info("server")
+            state.started_at = loop.time() - float(info["uptime_in_seconds"])
+            state.asked_at = loop.time()
+        return loop.time() - state.started_at < self.lease_ttl + self._heartbeat_interval + 1
+
     async def is_alive(self, reply_id: str) -> bool:
         if reply_id in self._state.writers:
             return True
@@ -459,7 +473,9 @@ class RedisReplyLog(ReplyLog):
                 return True
             if await client.exists(self.key("reply", reply_id)):
                 return False  # a log with no lease: its owner is gone
-            # No log at all: a Redis restart drops both until the owner's next heartbeat.
+            if not await self._restarted_lately(self._state):
+                return False
+            # A Redis restart drops both until the owner's next heartbeat: look again then.
             await asyncio.sleep(self._heartbeat_interval + 0.5)
             return bool(await client.exists(self.key("lease", reply_id)))
         except RedisError as exc:
