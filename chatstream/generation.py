@@ -87,6 +87,9 @@ class Generation:
                             reply.fields.update(self._fields(started))
                 finally:
                     await self._count_tokens(reply.fields)
+                    # A checkpoint still waiting on the database writes nothing once the
+                    # reply is final; it never holds up the ending, only the task's end.
+                    await asyncio.gather(self._saved, return_exceptions=True)
             finally:
                 await sync_to_async(connections.close_all)()
 
@@ -101,7 +104,7 @@ class Generation:
                 task.cancel()
             # Awaiting the cancelled consumer closes the provider stream, and so the upstream.
             # The watcher gets a moment to go, never the power to hold up the ending.
-            await asyncio.gather(consume, self._saved, return_exceptions=True)
+            await asyncio.gather(consume, return_exceptions=True)
             await asyncio.wait({watch}, timeout=_WATCH_GRACE)
         if consume.cancelled():
             return ending.Outcome(Status.STOPPED)
