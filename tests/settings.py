@@ -32,6 +32,7 @@ CHATSTREAM = {
     "KEEPALIVE_INTERVAL": 5,
     "MESSAGES_PER_MINUTE": 1000,
     "MAX_CONCURRENT_REPLIES": 100,
+    "SWEEP_INTERVAL": 0,  # no sweep in the test's own loop; the live tests have theirs
 }
 MIDDLEWARE = [m for m in MIDDLEWARE if "whitenoise" not in m]  # noqa: F405 (no static here)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.db import OperationalError
@@ -336,3 +337,38 @@ def test_recover_command_finalises_500_orphans_concurrently(orphan_env: dict[str
         "Message.objects.filter(status='streaming').count())",
     )
     assert counts.split() == [str(ORPHANS), "0"]
+
+
+async def test_under_the_cancel_policy_a_reply_log_blip_is_no_reason_to_stop(
+    fake_openai: FakeOpenAI, own_redis: RedisServer
+) -> None:
+    tokens = [f"b{i} " for i in range(60)]
+    trigger = fake_openai.script(f"blip-{uuid.uuid4().hex}", Script(tokens=tokens, interval=0.05))
+    policy = upstream(
+        fake_openai,
+        DISCONNECT_POLICY="cancel",
+        DISCONNECT_GRACE=0.3,
+        REPLY_LOG={
+            "BACKEND": "chatstream.replylog.redis.RedisReplyLog",
+            "LOCATION": own_redis.url,
+        },
+    )
+    with override_settings(CHATSTREAM=policy):
+        client = AsyncClient()
+        started = await send(client, await new_conversation(client), trigger)
+        response = await client.get(started["stream_url"])
+        stream = aiter(response)
+        body = [await anext(stream), await anext(stream)]  # the retry line, a delta
+        # Redis goes away for longer than the grace, and comes back with its data.
+        admin = redis.Redis.from_url(own_redis.url)
+        await sync_to_async(admin.shutdown)(save=True)
+        admin.close()
+        own_redis.process.wait(timeout=10)
+        await asyncio.sleep(1.0)
+        await sync_to_async(own_redis.start)()
+        body += [part async for part in stream]
+        await registry.wait(started["assistant_message"]["id"], timeout=30)
+        await get_reply_log().aclose()
+    reply = await Message.objects.aget(pk=started["assistant_message"]["id"])
+    assert (reply.status, reply.content) == (Status.COMPLETE, "".join(tokens))
+    assert b"event: done" in b"".join(body)

@@ -53,3 +53,37 @@ def test_a_database_refusing_the_final_write_for_30_s_loses_nothing(
         client.read_all(again.json()["stream_url"])
     finished = [e for e in server.finished_events() if e["id"] == reply_id]
     assert [e["status"] for e in finished] == ["complete"]
+
+
+def test_a_worker_recovers_orphans_at_start_up_beside_its_first_request(
+    fresh_server: Any, fake_openai: FakeOpenAI
+) -> None:
+    server = fresh_server()
+    with server.client() as client:
+        conversation = client.conversation()["id"]
+    server.stop()
+    # A reply its dead process left streaming, long ago.
+    database = sqlite3.connect(server.workdir / "db.sqlite3", isolation_level=None)
+    reply_id = "0b7d1f6e-4b3a-4a5e-9f1c-2d3e4f5a6b7c"
+    database.execute(
+        "INSERT INTO chatstream_message (id, conversation_id, role, content, reasoning, status, "
+        "superseded, model, finish_reason, usage_estimated, error_code, error_message, "
+        "created_at) VALUES (?, ?, 'assistant', 'half a reply', '', 'streaming', 0, '', '', 0, "
+        "'', '', datetime('now', '-5 minutes'))",
+        (reply_id.replace("-", ""), conversation.replace("-", "")),
+    )
+    server.start()
+    with server.client() as client:
+        assert client.call("GET", "/api/assistants/").status_code == 200
+
+    def status() -> tuple[str, str] | None:
+        row = database.execute(
+            "SELECT status, content FROM chatstream_message WHERE id = ?",
+            (reply_id.replace("-", ""),),
+        ).fetchone()
+        return row if row[0] != "streaming" else None
+
+    try:
+        assert wait_for(status, timeout=30, what="the sweep") == ("interrupted", "half a reply")
+    finally:
+        database.close()
