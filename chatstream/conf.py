@@ -70,6 +70,8 @@ class Connection:
     backend: str
     options: Mapping[str, Any]
     model: str
+    #: The most history a reply on this connection sends; ``None``: by the model's name.
+    context_tokens: int | None = None
 
     @property
     def is_demo(self) -> bool:
@@ -131,7 +133,7 @@ def _connection(name: str, spec: Any) -> Connection:
     key = f"['CONNECTIONS'][{name!r}]"
     if not isinstance(spec, Mapping):
         raise ImproperlyConfigured(f"CHATSTREAM{key} must be a dict with a 'BACKEND'.")
-    unknown = set(spec) - {"BACKEND", "OPTIONS", "MODEL"}
+    unknown = set(spec) - {"BACKEND", "OPTIONS", "MODEL", "CONTEXT_TOKENS"}
     if unknown:
         raise ImproperlyConfigured(
             f"CHATSTREAM{key} has unknown keys: {', '.join(sorted(unknown))}."
@@ -148,7 +150,12 @@ def _connection(name: str, spec: Any) -> Connection:
     model = spec.get("MODEL") or ""
     if not isinstance(model, str):
         raise ImproperlyConfigured(f"CHATSTREAM{key}['MODEL'] must be a string.")
-    return Connection(name=name, backend=backend, options=dict(options), model=model)
+    context = spec.get("CONTEXT_TOKENS")
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int)):
+        raise ImproperlyConfigured(f"CHATSTREAM{key}['CONTEXT_TOKENS'] must be a whole number.")
+    return Connection(
+        name=name, backend=backend, options=dict(options), model=model, context_tokens=context
+    )
 
 
 def build(user: Mapping[str, Any] | None) -> ChatstreamSettings:

@@ -24,7 +24,8 @@ class Assistant(models.Model):
         null=True,
         blank=True,
         help_text="The most tokens of history to send (oldest turns are left out first; "
-        "the system prompt always goes). Empty: all of it.",
+        "the system prompt and the new message always go). Empty: the connection's "
+        "CONTEXT_TOKENS, else a budget safe for the model (see chatstream/context.py).",
     )
     is_default = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)

@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from chatstream import limits
+from chatstream import context, limits
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.ending import recover, recover_all
 from chatstream.exceptions import (
@@ -102,11 +102,11 @@ def _validate(content: str, settings: ChatstreamSettings) -> str:
     return content
 
 
-def _history(reply: Message, assistant: Assistant | None) -> list[dict[str, str]]:
+def _history(reply: Message, assistant: Assistant | None, budget: int) -> list[dict[str, str]]:
     """The request's messages: the system prompt, then the turns up to the reply's question.
 
-    With a context budget the oldest turns are left out first; the system prompt and
-    the question itself always go.
+    Within ``budget`` estimated tokens the oldest turns are left out first; the system
+    prompt and the question itself always go.
     """
     system = []
     if assistant and assistant.system_prompt:
@@ -118,15 +118,12 @@ def _history(reply: Message, assistant: Assistant | None) -> list[dict[str, str]
         .values_list("role", "content")
     )
     turns = [{"role": role, "content": content} for role, content in rows]
-    budget = assistant.context_tokens if assistant else None
-    if budget:
-        spent = estimate_messages(system) + estimate_messages(turns[-1:])
-        kept = len(turns) - 1
-        while kept > 0 and spent + estimate_messages(turns[kept - 1 : kept]) <= budget:
-            spent += estimate_messages(turns[kept - 1 : kept])
-            kept -= 1
-        turns = turns[kept:]
-    return system + turns
+    spent = estimate_messages(system) + estimate_messages(turns[-1:])
+    kept = len(turns) - 1
+    while kept > 0 and spent + estimate_messages(turns[kept - 1 : kept]) <= budget:
+        spent += estimate_messages(turns[kept - 1 : kept])
+        kept -= 1
+    return system + turns[kept:]
 
 
 def _new_reply(
@@ -146,7 +143,7 @@ def _new_reply(
 
 
 def _create_turn(
-    conversation: Conversation, content: str, assistant: Assistant | None, model: str
+    conversation: Conversation, content: str, assistant: Assistant | None, model: str, budget: int
 ) -> Turn:
     now = timezone.now()
     try:
@@ -167,10 +164,10 @@ def _create_turn(
             Conversation.objects.filter(pk=conversation.pk).update(**changes)
     except IntegrityError:
         raise ReplyInProgress() from None
-    return question, reply, _history(reply, assistant)
+    return question, reply, _history(reply, assistant, budget)
 
 
-def _replace_reply(old: Message, assistant: Assistant | None, model: str) -> Turn:
+def _replace_reply(old: Message, assistant: Assistant | None, model: str, budget: int) -> Turn:
     try:
         with transaction.atomic():
             Message.objects.filter(pk=old.pk).update(superseded=True)
@@ -179,7 +176,7 @@ def _replace_reply(old: Message, assistant: Assistant | None, model: str) -> Tur
             reply.save(force_insert=True)
     except IntegrityError:
         raise ReplyInProgress() from None
-    return question, reply, _history(reply, assistant)
+    return question, reply, _history(reply, assistant, budget)
 
 
 async def _recover_streaming(conversation_id: Any) -> bool:
@@ -193,7 +190,7 @@ async def _recover_streaming(conversation_id: Any) -> bool:
 async def _begin(
     owner: Owner,
     conversation: Conversation,
-    create: Callable[[Assistant | None, str], Turn],
+    create: Callable[[Assistant | None, str, int], Turn],
     undo: Callable[[Message, Message], None],
 ) -> tuple[Message, Message]:
     """Check the owner's limits, create the rows (retrying once past a dead reply), start.
@@ -209,12 +206,19 @@ async def _begin(
         if not await recover_all(busy.reply_ids):
             raise
         budget, assistant, connection, model = await admit(owner, conversation, settings)
+    history_budget = context.history_budget(
+        model,
+        assistant=assistant.context_tokens if assistant else None,
+        connection=settings.connections[connection].context_tokens,
+        max_output=assistant.max_output_tokens if assistant else None,
+    )
+    make = sync_to_async(create)
     try:
-        question, reply, history = await sync_to_async(create)(assistant, model)
+        question, reply, history = await make(assistant, model, history_budget)
     except ReplyInProgress:
         if not await _recover_streaming(conversation.pk):
             raise
-        question, reply, history = await sync_to_async(create)(assistant, model)
+        question, reply, history = await make(assistant, model, history_budget)
     request = ChatRequest(
         model=model,
         messages=history,
