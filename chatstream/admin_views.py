@@ -356,6 +356,9 @@ def usage_range(request: HttpRequest) -> tuple[UsageRangeForm, date, date]:
 _TOTALS = {
     "prompt_tokens": Sum("prompt_tokens", default=0),
     "completion_tokens": Sum("completion_tokens", default=0),
+    # Parts of the two above, where the upstream reported them.
+    "reasoning_tokens": Sum("reasoning_tokens", default=0),
+    "cached_tokens": Sum("cached_tokens", default=0),
     "replies": Count("id"),
     "estimated": Count("id", filter=Q(usage_estimated=True)),
 }

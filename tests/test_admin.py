@@ -521,6 +521,20 @@ def test_deleting_a_conversation_stops_its_streaming_reply(admin_client: Client)
 
 
 @pytest.mark.django_db
+def test_usage_shows_reasoning_and_cached_tokens(admin_client: Client) -> None:
+    conversation = Conversation.objects.create(title="t")
+    make_reply(conversation, prompt_tokens=100, completion_tokens=50, cached_tokens=64,
+               reasoning_tokens=30, reasoning="I think.")  # fmt: skip
+    make_reply(conversation, prompt_tokens=10, completion_tokens=5)  # an upstream that says not
+    response = admin_client.get("/admin/chatstream/message/usage/")
+    [total] = response.context["totals"]
+    assert (total["cached_tokens"], total["reasoning_tokens"]) == (64, 30)
+    page = response.content.decode()
+    assert ">Cached</th>" in page and ">Reasoning</th>" in page
+    assert "<td>64</td>" in page and "<td>30</td>" in page
+
+
+@pytest.mark.django_db
 def test_usage_totals_by_assistant_owner_and_day(admin_client: Client) -> None:
     alice = User.objects.create_user("alice")
     helper = Assistant.objects.create(name="Helper", slug="helper")
