@@ -155,7 +155,8 @@ def _connections() -> dict[str, dict]:
         }
     demo = {"BACKEND": "chatstream.providers.demo.DemoProvider", "OPTIONS": {}, "MODEL": ""}
     real = next(iter(connections.values()), None)
-    connections["default"] = real or demo
+    # With no real model the offline demo "thinks" first, to show the thinking block.
+    connections["default"] = real or {**demo, "OPTIONS": {"reasoning": True}}
     connections["demo"] = demo
     return connections
 

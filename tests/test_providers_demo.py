@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from chatstream.providers.base import ChatRequest
-from chatstream.providers.demo import DemoProvider, demo_reply
+from chatstream.providers.demo import DemoProvider, demo_reply, demo_thoughts
 
 
 async def reply(prompt: str, **request: object) -> tuple[str, list]:
@@ -33,3 +33,16 @@ async def test_demo_honours_max_tokens_with_finish_reason_length() -> None:
     assert chunks[-1].finish_reason == "length"
     assert chunks[-1].usage.completion_tokens == 3
     assert text == "This is the"
+
+
+async def test_demo_thinks_first_when_asked() -> None:
+    provider = DemoProvider(
+        options={"first_token_delay": 0, "tokens_per_second": 0, "reasoning": 1}
+    )
+    request = ChatRequest(model="chatstream-demo", messages=[{"role": "user", "content": "hi"}])
+    chunks = [c async for c in provider.stream(request)]
+    kinds = ["reasoning" if c.reasoning else "text" for c in chunks if c.reasoning or c.text]
+    assert kinds == sorted(kinds)  # all of the reasoning, then all of the answer
+    assert "".join(c.reasoning for c in chunks) == demo_thoughts("hi")
+    assert "".join(c.text for c in chunks) == demo_reply("hi")
+    assert chunks[-1].usage.reasoning_tokens == kinds.count("reasoning")

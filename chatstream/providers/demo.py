@@ -37,19 +37,33 @@ print("Set CHATSTREAM_MODEL with a real connection.")
 
 Ask me something else to see it again."""
 
+_THOUGHTS = """The person wrote {quoted}. No model runs here, so I will explain what chatstream \
+does instead, and show a table, a list and some code, so that they can see how \
+replies are rendered."""
+
 _TOKEN = re.compile(r"\s*\S+|\s+")
 
 
-def demo_reply(prompt: str) -> str:
+def _quoted(prompt: str) -> str:
     text = " ".join(prompt.split())
-    quoted = f"“{text[:80]}{'…' if len(text) > 80 else ''}”" if text else "nothing"
-    words = len(text.split())
-    return _TEMPLATE.format(quoted=quoted, words=words, plural="" if words == 1 else "s")
+    return f"“{text[:80]}{'…' if len(text) > 80 else ''}”" if text else "nothing"
+
+
+def demo_reply(prompt: str) -> str:
+    words = len(prompt.split())
+    return _TEMPLATE.format(quoted=_quoted(prompt), words=words, plural="" if words == 1 else "s")
+
+
+def demo_thoughts(prompt: str) -> str:
+    """What the demo "thinks" before it answers, when its ``reasoning`` option is on."""
+    return _THOUGHTS.format(quoted=_quoted(prompt))
 
 
 @dataclass
 class DemoProvider(Provider):
-    """Options: ``first_token_delay`` (s, default 0.3) and ``tokens_per_second`` (default 40)."""
+    """Options: ``first_token_delay`` (s, default 0.3), ``tokens_per_second`` (default 40),
+    and ``reasoning`` (default off): stream a short "thinking" part before the answer, as
+    reasoning models do, so the page's thinking block can be tried offline."""
 
     is_demo = True
 
@@ -61,11 +75,14 @@ class DemoProvider(Provider):
             tokens = tokens[: request.max_tokens]
         delay = float(self.options.get("first_token_delay", 0.3))
         rate = float(self.options.get("tokens_per_second", 40))
+        thoughts = _TOKEN.findall(demo_thoughts(prompt)) if self.options.get("reasoning") else []
         await asyncio.sleep(delay)
-        for token in tokens:
-            yield Chunk(text=token)
+        for kind, token in [("reasoning", t) for t in thoughts] + [("text", t) for t in tokens]:
+            yield Chunk(**{kind: token})
             if rate > 0:
                 await asyncio.sleep(1 / rate)
         finish = "length" if truncated else "stop"
         prompt_tokens = sum(len(_TOKEN.findall(m["content"])) for m in request.messages)
-        yield Chunk(finish_reason=finish, usage=Usage(prompt_tokens, len(tokens)))
+        spent = len(thoughts) + len(tokens)
+        usage = Usage(prompt_tokens, spent, reasoning_tokens=len(thoughts) if thoughts else None)
+        yield Chunk(finish_reason=finish, usage=usage)
