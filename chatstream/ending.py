@@ -144,8 +144,9 @@ async def announce(message: Message) -> None:
 class Ending:
     """The end of one reply, owned by its generation; see the module's docstring.
 
-    The generation sets ``outcome`` (and ``finish_reason``, ``usage``, ``ttft_ms``)
-    as it learns them; ``fields`` builds the row's final fields from them.
+    The generation sets ``outcome`` and the row's final ``fields`` (text, usage,
+    timings) before the block exits; a block left by an exception ends the reply
+    ``interrupted`` (cancelled: a shutdown) or as an internal error.
     """
 
     def __init__(
@@ -162,8 +163,6 @@ class Ending:
         self.finalise_retry = finalise_retry
         self.outcome: Outcome | None = None
         self.fields: dict[str, Any] = {}
-        #: The row as finalised by us (``None``: deleted, lost, or not yet written).
-        self.message: Message | None = None
 
     async def __aenter__(self) -> Ending:
         return self
@@ -203,7 +202,6 @@ class Ending:
         finally:
             if not written:
                 message, won = await self._retry(attempt, fields)
-        self.message = message
         if won and message is not None:
             await announce(message)
 

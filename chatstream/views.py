@@ -280,9 +280,11 @@ async def regenerate(request: HttpRequest, message_id: str) -> HttpResponse:
 async def message(request: HttpRequest, message_id: str) -> HttpResponse:
     owner = await aget_owner(request)
     message = await _message(owner, message_id)
-    if message.status == Status.STREAMING and not await get_reply_log().is_alive(str(message.pk)):
-        # Its generation ended (the row's write is still being retried) or died.
-        message = await recover(str(message.pk)) or message
+    if message.status == Status.STREAMING:
+        # Its generation may have ended (the row's write still retried) or died.
+        with contextlib.suppress(ReplyLogUnavailable):  # then the row is all we know
+            if not await get_reply_log().is_alive(str(message.pk)):
+                message = await recover(str(message.pk)) or message
     return JsonResponse(message_payload(message))
 
 
