@@ -22,7 +22,7 @@ from django.utils.html import format_html
 
 from chatstream import admin_views
 from chatstream.conf import get_settings
-from chatstream.models import Assistant, Conversation, Message, Status
+from chatstream.models import Assistant, Conversation, Message, ModelPrice, Status
 
 _MESSAGE_FIELDS = (
     "role",
@@ -36,6 +36,8 @@ _MESSAGE_FIELDS = (
     "completion_tokens",
     "reasoning_tokens",
     "usage_estimated",
+    "cost",
+    "cost_currency",
     "ttft_ms",
     "duration_ms",
     "error_code",
@@ -153,6 +155,20 @@ class AssistantAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(
             reverse(f"{self.admin_site.name}:chatstream_assistant_change", args=[assistant.pk])
         )
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = (
+        "model",
+        "currency",
+        "input_per_million",
+        "cached_input_per_million",
+        "output_per_million",
+        "reasoning_per_million",
+        "updated_at",
+    )
+    search_fields = ("model",)
 
 
 # --- conversations ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename, get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -361,11 +361,17 @@ _TOTALS = {
     "cached_tokens": Sum("cached_tokens", default=0),
     "replies": Count("id"),
     "estimated": Count("id", filter=Q(usage_estimated=True)),
+    "cost": Sum("cost", default=0),
+    "currency": Max("cost_currency"),
+    "currencies": Count("cost_currency", distinct=True, filter=~Q(cost_currency="")),
 }
 
 
 def _with_total(row: Mapping[str, Any], label: Any = "") -> dict[str, Any]:
-    return {**row, "label": label, "total_tokens": row["prompt_tokens"] + row["completion_tokens"]}
+    total = row["prompt_tokens"] + row["completion_tokens"]
+    # Costs in several currencies do not add up: say so rather than sum them.
+    currency = "mixed" if row["currencies"] > 1 else row["currency"] or ""
+    return {**row, "label": label, "total_tokens": total, "currency": currency}
 
 
 def usage_totals(start: date, end: date) -> dict[str, Any]:

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "MESSAGES_PER_MINUTE": 20,
     "MAX_CONCURRENT_REPLIES": 3,
     "DAILY_TOKEN_QUOTA": 0,
+    "DAILY_COST_LIMIT": 0,
     "SHUTDOWN_GRACE": 5.0,
     "FINALISE_RETRY": 60.0,
     "SWEEP_INTERVAL": 60.0,
@@ -56,6 +57,7 @@ _NUMBERS = (
     "MESSAGES_PER_MINUTE",
     "MAX_CONCURRENT_REPLIES",
     "DAILY_TOKEN_QUOTA",
+    "DAILY_COST_LIMIT",
     "SHUTDOWN_GRACE",
     "FINALISE_RETRY",
     "SWEEP_INTERVAL",
@@ -101,6 +103,8 @@ class ChatstreamSettings:
     messages_per_minute: int
     max_concurrent_replies: int
     daily_token_quota: int
+    #: Money an owner may spend a UTC day, in the prices' currency (0: no limit).
+    daily_cost_limit: float
     shutdown_grace: float
     #: Seconds a reply's generation keeps retrying its row's final write (the log has it).
     finalise_retry: float
@@ -210,6 +214,7 @@ def build(user: Mapping[str, Any] | None) -> ChatstreamSettings:
         messages_per_minute=int(merged["MESSAGES_PER_MINUTE"]),
         max_concurrent_replies=int(merged["MAX_CONCURRENT_REPLIES"]),
         daily_token_quota=int(merged["DAILY_TOKEN_QUOTA"]),
+        daily_cost_limit=float(merged["DAILY_COST_LIMIT"]),
         shutdown_grace=float(merged["SHUTDOWN_GRACE"]),
         finalise_retry=float(merged["FINALISE_RETRY"]),
         sweep_interval=float(merged["SWEEP_INTERVAL"]),

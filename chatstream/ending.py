@@ -23,6 +23,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from types import TracebackType
 from typing import Any
 
@@ -81,6 +82,7 @@ def row_fields(final: Mapping[str, Any]) -> dict[str, Any]:
     """A final record as the row's fields: recovery writes these."""
     payload = final["message"]
     usage, error = payload.get("usage") or {}, payload.get("error") or {}
+    cost = payload.get("cost") or {}
     finished = payload.get("finished_at")
     return {
         "content": payload.get("content") or "",
@@ -93,6 +95,8 @@ def row_fields(final: Mapping[str, Any]) -> dict[str, Any]:
         "reasoning_tokens": usage.get("reasoning_tokens"),
         "cached_tokens": usage.get("cached_tokens"),
         "usage_estimated": bool(usage.get("estimated")),
+        "cost": Decimal(cost["amount"]) if cost.get("amount") else None,
+        "cost_currency": cost.get("currency") or "",
         "ttft_ms": payload.get("ttft_ms"),
         "duration_ms": payload.get("duration_ms"),
         "error_code": error.get("code") or "",

@@ -98,6 +98,20 @@ class RateLimited(ChatstreamError):
         super().__init__(message, code=code)
 
 
+class CostLimitExceeded(RateLimited):
+    """Raised when an owner's daily cost limit is spent (before or during a reply)."""
+
+    code = "cost_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str = "Today's spending limit is reached; it resets at midnight UTC.",
+        *,
+        retry_after: int = 3600,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 class TokenQuotaExceeded(RateLimited):
     """Raised when an owner's daily token quota is used up (before or during a reply)."""
 

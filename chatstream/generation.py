@@ -23,8 +23,15 @@ from django.db import connections
 from chatstream import dbpool, ending, limits, shutdown
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.connections import get_provider
-from chatstream.exceptions import LeaseLost, ReplyLogUnavailable, TokenQuotaExceeded, UpstreamError
+from chatstream.exceptions import (
+    CostLimitExceeded,
+    LeaseLost,
+    ReplyLogUnavailable,
+    TokenQuotaExceeded,
+    UpstreamError,
+)
 from chatstream.models import Message, Status
+from chatstream.pricing import Price, cost_fields
 from chatstream.providers.base import ChatRequest, Usage
 from chatstream.replylog import get_reply_log
 from chatstream.replylog.base import ANSWER, REASONING, ReplyWriter
@@ -50,6 +57,10 @@ class ReplySpec:
     #: The row's own, so that ``done`` can be told while the database does not answer.
     conversation_id: str = ""
     created_at: datetime | None = None
+    #: The model's price (the reply's cost is computed when it ends), and the owner's
+    #: money left today as output tokens (the reply stops past it).
+    price: Price | None = None
+    cost_budget: int | None = None
 
 
 def _checkpoint_row(reply_id: str, fields: dict[str, Any]) -> None:
@@ -86,7 +97,7 @@ class Generation:
                         finally:
                             reply.fields.update(self._fields(started))
                 finally:
-                    await self._count_tokens(reply.fields)
+                    await self._count_spending(reply.fields)
                     # A checkpoint still waiting on the database writes nothing once the
                     # reply is final; it never holds up the ending, only the task's end.
                     await asyncio.gather(self._saved, return_exceptions=True)
@@ -138,7 +149,7 @@ class Generation:
         exc = consume.exception()
         if isinstance(exc, UpstreamError):
             return ending.Outcome(Status.ERROR, exc.code, exc.message)
-        if isinstance(exc, TokenQuotaExceeded):
+        if isinstance(exc, TokenQuotaExceeded | CostLimitExceeded):
             return ending.Outcome(Status.STOPPED, exc.code, exc.message)
         if isinstance(exc, LeaseLost):
             return ending.Outcome(Status.STOPPED)  # written by nobody: the ending is fenced
@@ -181,8 +192,11 @@ class Generation:
                         await writer.append(storable(chunk.reasoning), REASONING)
                     if chunk.text:
                         await writer.append(storable(chunk.text), ANSWER)
-                    if budget is not None and tokens_for_length(buffer.length) > budget:
+                    spent = tokens_for_length(buffer.length)
+                    if budget is not None and spent > budget:
                         raise TokenQuotaExceeded()
+                    if self.spec.cost_budget is not None and spent > self.spec.cost_budget:
+                        raise CostLimitExceeded()
                 if chunk.finish_reason is not None:
                     self.finish_reason = chunk.finish_reason
                 if chunk.usage is not None:
@@ -209,23 +223,26 @@ class Generation:
             spent = estimate_tokens(fields["content"]) + estimate_tokens(fields["reasoning"])
             usage, estimated = Usage(prompt, spent), True
         duration = asyncio.get_running_loop().time() - started
-        return {
-            **fields,
-            "finish_reason": self.finish_reason or "",
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "reasoning_tokens": usage.reasoning_tokens,
-            "cached_tokens": usage.cached_tokens,
-            "usage_estimated": estimated,
-            "ttft_ms": self.ttft_ms,
-            "duration_ms": round(duration * 1000),
-        }
+        fields.update(
+            finish_reason=self.finish_reason or "",
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cached_tokens=usage.cached_tokens,
+            usage_estimated=estimated,
+            ttft_ms=self.ttft_ms,
+            duration_ms=round(duration * 1000),
+        )
+        return {**fields, **cost_fields(self.spec.price, fields)}
 
-    async def _count_tokens(self, fields: dict[str, Any]) -> None:
-        # Whoever finalised the row, these tokens were spent by this generation.
-        if self.settings.daily_token_quota and fields.get("prompt_tokens") is not None:
+    async def _count_spending(self, fields: dict[str, Any]) -> None:
+        # Whoever finalised the row, these tokens (and this money) were spent here.
+        settings, owner = self.settings, self.spec.owner_key
+        if settings.daily_token_quota and fields.get("prompt_tokens") is not None:
             total = fields["prompt_tokens"] + fields["completion_tokens"]
-            await sync_to_async(limits.record_tokens)(self.spec.owner_key, total, self.settings)
+            await sync_to_async(limits.record_tokens)(owner, total, settings)
+        if settings.daily_cost_limit and fields.get("cost"):
+            await sync_to_async(limits.record_cost)(owner, fields["cost"], settings)
 
 
 class GenerationRegistry:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
 
 from django.core.cache import caches
 from django.utils import timezone
 
 from chatstream.conf import ChatstreamSettings
-from chatstream.exceptions import RateLimited, TokenQuotaExceeded
+from chatstream.exceptions import CostLimitExceeded, RateLimited, TokenQuotaExceeded
 from chatstream.models import Message, Status
 from chatstream.ownership import Owner
 
@@ -78,8 +79,8 @@ def check_concurrent_replies(owner: Owner, settings: ChatstreamSettings) -> None
         raise TooManyReplies(limit, [str(pk) for pk, created in streaming if created < settled])
 
 
-def _today_key(owner_key: str) -> str:
-    return f"chatstream:tokens:{owner_key}:{datetime.now(UTC).date().isoformat()}"
+def _today_key(owner_key: str, what: str = "tokens") -> str:
+    return f"chatstream:{what}:{owner_key}:{datetime.now(UTC).date().isoformat()}"
 
 
 def _until_midnight() -> int:
@@ -115,3 +116,37 @@ def record_tokens(owner_key: str, tokens: int, settings: ChatstreamSettings) -> 
         cache.incr(key, tokens)
     except Exception as exc:
         logger.warning("Token usage not counted, the cache failed: %s", exc)
+
+
+# Money is counted in the cache in millionths: cache counters are integers.
+_MICROS = Decimal(1_000_000)
+
+
+def cost_left(owner: Owner, settings: ChatstreamSettings) -> Decimal | None:
+    """Money the owner may still spend today, or ``None`` without a limit."""
+    limit = settings.daily_cost_limit
+    if not limit:
+        return None
+    try:
+        spent = caches[settings.cache_alias].get(_today_key(owner.key, "cost"), 0)
+    except Exception as exc:  # the cache is away: fail open
+        logger.warning("Cost limit not checked, the cache failed: %s", exc)
+        return None
+    left = Decimal(str(limit)) - Decimal(spent) / _MICROS
+    if left <= 0:
+        raise CostLimitExceeded(
+            f"Today's spending limit of {limit} is reached; it resets at midnight UTC.",
+            retry_after=_until_midnight(),
+        )
+    return left
+
+
+def record_cost(owner_key: str, cost: Decimal | None, settings: ChatstreamSettings) -> None:
+    if not settings.daily_cost_limit or not owner_key or not cost or cost <= 0:
+        return
+    cache, key = caches[settings.cache_alias], _today_key(owner_key, "cost")
+    try:
+        cache.add(key, 0, timeout=2 * 24 * 3600)
+        cache.incr(key, int((cost * _MICROS).to_integral_value(rounding=ROUND_CEILING)))
+    except Exception as exc:
+        logger.warning("Spending not counted, the cache failed: %s", exc)

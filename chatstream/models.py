@@ -46,6 +46,32 @@ class Assistant(models.Model):
         return self.name
 
 
+class ModelPrice(models.Model):
+    """What a model costs per million tokens, in ``currency``; matched by exact model name.
+
+    Cached input and reasoning are billed apart by some upstreams: empty, they cost
+    what input and output cost.
+    """
+
+    model = models.CharField(max_length=200, unique=True, help_text="As replies name it.")
+    currency = models.CharField(max_length=3, default="USD", help_text="ISO 4217, e.g. USD.")
+    input_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="Empty: as input."
+    )
+    output_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    reasoning_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="Empty: as output."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+
+    def __str__(self) -> str:
+        return f"{self.model} ({self.currency})"
+
+
 class Conversation(models.Model):
     """Owned by a user, or (anonymous chat) by an id kept in the session's data."""
 
@@ -119,6 +145,9 @@ class Message(models.Model):
     reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
     cached_tokens = models.PositiveIntegerField(null=True, blank=True)
     usage_estimated = models.BooleanField(default=False)
+    #: What the reply cost, computed once when it ended from its usage and its model's price.
+    cost = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
+    cost_currency = models.CharField(max_length=3, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)

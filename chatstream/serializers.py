@@ -22,6 +22,9 @@ def message_payload(message: Message) -> dict[str, Any]:
             "cached_tokens": message.cached_tokens,
             "estimated": message.usage_estimated,
         }
+    cost = None
+    if message.cost is not None:
+        cost = {"amount": str(message.cost), "currency": message.cost_currency}
     error = None
     if message.error_code:
         error = {"code": message.error_code, "message": message.error_message}
@@ -35,6 +38,7 @@ def message_payload(message: Message) -> dict[str, Any]:
         "model": message.model,
         "finish_reason": message.finish_reason or None,
         "usage": usage,
+        "cost": cost,
         "ttft_ms": message.ttft_ms,
         "duration_ms": message.duration_ms,
         "error": error,

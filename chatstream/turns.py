@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -17,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from chatstream import context, limits
+from chatstream import context, limits, pricing
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.ending import recover, recover_all
 from chatstream.exceptions import (
@@ -31,6 +33,7 @@ from chatstream.exceptions import (
 from chatstream.generation import ReplySpec, registry
 from chatstream.models import Assistant, Conversation, Message, Role, Status
 from chatstream.ownership import Owner
+from chatstream.pricing import Price
 from chatstream.providers.base import ChatRequest
 from chatstream.providers.demo import DEMO_MODEL
 from chatstream.serializers import assistant_payload
@@ -200,12 +203,13 @@ async def _begin(
     settings = get_settings()
     admit = sync_to_async(_admit)
     try:
-        budget, assistant, connection, model = await admit(owner, conversation, settings)
+        admitted = await admit(owner, conversation, settings)
     except limits.TooManyReplies as busy:
         # Only replies that are really alive count: orphans are finalised, then look again.
         if not await recover_all(busy.reply_ids):
             raise
-        budget, assistant, connection, model = await admit(owner, conversation, settings)
+        admitted = await admit(owner, conversation, settings)
+    assistant, connection, model = admitted.assistant, admitted.connection, admitted.model
     history_budget = context.history_budget(
         model,
         assistant=assistant.context_tokens if assistant else None,
@@ -230,9 +234,11 @@ async def _begin(
         connection,
         request,
         owner.key,
-        budget,
+        admitted.token_budget,
         conversation_id=str(reply.conversation_id),
         created_at=reply.created_at,
+        price=admitted.price,
+        cost_budget=_cost_budget(admitted, history),
     )
     try:
         await registry.start(spec)
@@ -245,18 +251,38 @@ async def _begin(
     return question, reply
 
 
-def _admit(
-    owner: Owner, conversation: Conversation, settings: ChatstreamSettings
-) -> tuple[int | None, Assistant | None, str, str]:
-    """Limits, then the reply's target: (token budget, assistant, connection, model)."""
+@dataclass(frozen=True)
+class _Admission:
+    """What ``_admit`` found: the limits left, and the reply's target."""
+
+    token_budget: int | None
+    money_left: Decimal | None
+    assistant: Assistant | None
+    connection: str
+    model: str
+    price: Price | None
+
+
+def _admit(owner: Owner, conversation: Conversation, settings: ChatstreamSettings) -> _Admission:
+    """Limits, then the reply's target and its price."""
     limits.check_concurrent_replies(owner, settings)
     limits.check_message_rate(owner, settings)
     budget = limits.token_budget(owner, settings)
+    money = limits.cost_left(owner, settings)
     assistant = conversation.assistant
     if assistant is None or not assistant.is_active:
         assistant = default_assistant()
     connection, model, _ = resolve_target(assistant, settings)
-    return budget, assistant, connection, model
+    return _Admission(budget, money, assistant, connection, model, pricing.price_for(model))
+
+
+def _cost_budget(admitted: _Admission, history: list[dict[str, str]]) -> int | None:
+    """The money left today as output tokens, once the prompt is paid for."""
+    price, money = admitted.price, admitted.money_left
+    if price is None or money is None:
+        return None
+    prompt = price.cost({"prompt_tokens": estimate_messages(history), "completion_tokens": 0})
+    return price.tokens_for(money - (prompt or 0))
 
 
 def _undo_turn(question: Message, reply: Message) -> None:
