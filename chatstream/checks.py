@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
@@ -29,3 +30,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 )
             )
     return errors
+
+
+@checks.register()
+def check_asgi(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Streams need an ASGI server: under WSGI a reply's task dies with its request."""
+    asgi = getattr(django_settings, "ASGI_APPLICATION", None)
+    served = {"daphne", "uvicorn", "granian", "hypercorn"} & set(django_settings.INSTALLED_APPS)
+    if asgi or served:
+        return []
+    return [
+        checks.Warning(
+            "chatstream streams replies only under an ASGI server; this project "
+            "names none, and `runserver` alone serves WSGI.",
+            hint='Serve the project\'s asgi.py with daphne or uvicorn, and add "daphne" '
+            "to INSTALLED_APPS (first) so that runserver serves ASGI too.",
+            id="chatstream.W001",
+        )
+    ]
