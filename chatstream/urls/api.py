@@ -1,3 +1,5 @@
+"""The JSON + Server-Sent Events API alone: ``include("chatstream.urls.api")``."""
+
 from __future__ import annotations
 
 from django.urls import path, re_path
@@ -7,8 +9,6 @@ from chatstream import views
 app_name = "chatstream"
 
 urlpatterns = [
-    path("", views.page, name="page"),
-    path("c/<uuid:conversation_id>/", views.page, name="conversation-page"),
     path("api/conversations/", views.conversations, name="conversations"),
     path("api/conversations/<str:conversation_id>/", views.conversation, name="conversation"),
     path("api/conversations/<str:conversation_id>/messages/", views.messages, name="messages"),
