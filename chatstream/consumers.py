@@ -154,9 +154,13 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return  # refused in connect(); the close is on its way
         try:
             frame = self._parse(text_data)
-            handler = {"send": self._send, "stop": self._stop, "resume": self._resume}[
-                frame["type"]
-            ]
+            handlers = {
+                "send": self._send,
+                "edit": self._edit,
+                "stop": self._stop,
+                "resume": self._resume,
+            }
+            handler = handlers[frame["type"]]
             await handler(frame)
         except ChatstreamError as error:
             await self._send_frame(_error_frame(error))
@@ -176,10 +180,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             raise BadRequest("The frame is not valid JSON.", code="invalid_json") from None
         if not isinstance(frame, dict):
             raise BadRequest("The frame must be a JSON object.", code="invalid_frame")
-        if frame.get("type") not in ("send", "stop", "resume"):
+        if frame.get("type") not in ("send", "edit", "stop", "resume"):
             raise BadRequest(
                 f"Unknown frame type {str(frame.get('type'))[:40]!r}: "
-                "expected 'send', 'stop' or 'resume'.",
+                "expected 'send', 'edit', 'stop' or 'resume'.",
                 code="unknown_type",
             )
         return frame
@@ -193,6 +197,26 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         assert self.owner is not None and self.conversation_id is not None
         conversation = await self._conversation(self.conversation_id)
         user_message, reply = await turns.astart_reply(self.owner, conversation, content)
+        await self._follow_started(user_message, reply)
+
+    async def _edit(self, frame: Mapping[str, Any]) -> None:
+        """Ask the last question again, edited (``message_id``: the question's id)."""
+        content = frame.get("content")
+        if not isinstance(content, str):
+            raise BadRequest("'content' must be a string.", code="invalid_content")
+        assert self.owner is not None
+        question = await Message.objects.filter(
+            self.owner.of("conversation__"),
+            conversation_id=self.conversation_id,
+            role=Role.USER,
+            pk=_uuid(frame.get("message_id"), "No such question."),
+        ).select_related("conversation__assistant").afirst()
+        if question is None:
+            raise NotFound("No such question.")
+        user_message, reply = await turns.aedit(self.owner, question, content)
+        await self._follow_started(user_message, reply)
+
+    async def _follow_started(self, user_message: Message, reply: Message) -> None:
         started = {
             "type": "started",
             "user_message": message_payload(user_message),

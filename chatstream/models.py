@@ -135,6 +135,11 @@ class Message(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies"
     )
     superseded = models.BooleanField(default=False)
+    #: The version this one replaced: an edited question's original, a regenerated
+    #: reply's predecessor. The old versions stay, superseded, and reachable.
+    previous = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="next_versions"
+    )
     assistant = models.ForeignKey(
         Assistant, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
     )

@@ -43,6 +43,8 @@ def message_payload(message: Message) -> dict[str, Any]:
         "duration_ms": message.duration_ms,
         "error": error,
         "offset": len(message.content) + len(message.reasoning),
+        # The version this one replaced (an edit, a regeneration): GET .../versions/.
+        "previous": str(message.previous_id) if message.previous_id else None,
         "created_at": _iso(message.created_at),
         "finished_at": _iso(message.finished_at),
     }

@@ -16,7 +16,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from chatstream import context, limits, pricing
@@ -176,6 +176,7 @@ def _replace_reply(old: Message, assistant: Assistant | None, model: str, budget
             Message.objects.filter(pk=old.pk).update(superseded=True)
             question = Message.objects.get(pk=old.reply_to_id)
             reply = _new_reply(old.conversation_id, question, assistant, model)
+            reply.previous_id = old.pk
             reply.save(force_insert=True)
     except IntegrityError:
         raise ReplyInProgress() from None
@@ -285,6 +286,33 @@ def _cost_budget(admitted: _Admission, history: list[dict[str, str]]) -> int | N
     return price.tokens_for(money - (prompt or 0))
 
 
+def _replace_question(
+    old: Message, content: str, assistant: Assistant | None, model: str, budget: int
+) -> Turn:
+    """The edited question and a new reply; the old pair stays, superseded."""
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            Message.objects.filter(Q(pk=old.pk) | Q(reply_to_id=old.pk, superseded=False)).update(
+                superseded=True
+            )
+            question = Message(
+                conversation_id=old.conversation_id,
+                role=Role.USER,
+                content=content,
+                status=Status.COMPLETE,
+                previous_id=old.pk,
+                created_at=max(now, old.created_at + timedelta(microseconds=1)),
+                finished_at=now,
+            )
+            reply = _new_reply(old.conversation_id, question, assistant, model)
+            Message.objects.bulk_create([question, reply])
+            Conversation.objects.filter(pk=old.conversation_id).update(updated_at=now)
+    except IntegrityError:
+        raise ReplyInProgress() from None
+    return question, reply, _history(reply, assistant, budget)
+
+
 def _undo_turn(question: Message, reply: Message) -> None:
     Message.objects.filter(pk__in=[question.pk, reply.pk]).delete()
 
@@ -294,6 +322,18 @@ def _undo_replace(old: Message) -> Callable[[Message, Message], None]:
         with transaction.atomic():
             reply.delete()
             Message.objects.filter(pk=old.pk).update(superseded=False)
+
+    return undo
+
+
+def _undo_edit(old: Message) -> Callable[[Message, Message], None]:
+    def undo(question: Message, reply: Message) -> None:
+        with transaction.atomic():
+            Message.objects.filter(pk__in=[question.pk, reply.pk]).delete()
+            # Back as it was: the old question, and the reply that was current with it.
+            last = Message.objects.filter(reply_to_id=old.pk).order_by("-created_at").first()
+            ids = [old.pk, *([last.pk] if last else [])]
+            Message.objects.filter(pk__in=ids).update(superseded=False)
 
     return undo
 
@@ -316,6 +356,41 @@ async def aregenerate(owner: Owner, old: Message) -> tuple[Message, Message]:
         )
     create = functools.partial(_replace_reply, old)
     return await _begin(owner, old.conversation, create, _undo_replace(old))
+
+
+async def aedit(owner: Owner, old: Message, content: str) -> tuple[Message, Message]:
+    """Ask the conversation's last question again, edited: a new pair in place of the old."""
+    _validate(content, get_settings())
+    if old.role != Role.USER or old.superseded:
+        raise Conflict(
+            "Only the conversation's last question can be edited.", code="not_last_question"
+        )
+    current = current_messages(old.conversation_id)
+    if await current.filter(status=Status.STREAMING).aexists():
+        raise ReplyInProgress()
+    latest = await current.filter(role=Role.USER).alast()
+    if latest is None or latest.pk != old.pk:
+        raise Conflict(
+            "Only the conversation's last question can be edited.", code="not_last_question"
+        )
+    create = functools.partial(_replace_question, old, content)
+    return await _begin(owner, old.conversation, create, _undo_edit(old))
+
+
+def versions(message: Message) -> list[Message]:
+    """Every version of ``message`` (a question's edits, a reply's regenerations), oldest first."""
+    first = message
+    while first.previous_id is not None:
+        first = Message.objects.get(pk=first.previous_id)
+    chain = [first]
+    while later := Message.objects.filter(previous_id=chain[-1].pk).order_by("created_at").first():
+        chain.append(later)
+    return chain
+
+
+def reply_to(question: Message) -> Message | None:
+    """The reply that answered this version of a question (its last)."""
+    return Message.objects.filter(reply_to_id=question.pk).order_by("-created_at").first()
 
 
 async def adelete_conversation(conversation: Conversation) -> None:

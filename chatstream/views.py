@@ -26,7 +26,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 
-from chatstream import reading, sse, turns
+from chatstream import export, listing, reading, sse, turns
 from chatstream.conf import get_settings
 from chatstream.ending import recover
 from chatstream.exceptions import (
@@ -47,6 +47,7 @@ from chatstream.ownership import Owner, aget_owner
 from chatstream.replylog import get_reply_log
 from chatstream.replylog.base import ANSWER
 from chatstream.serializers import conversation_payload, message_payload
+from chatstream.text import is_storable
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,13 @@ def _string(data: Mapping[str, Any], key: str, *, max_length: int) -> str | None
         raise BadRequest(f"'{key}' must be a string.", code=f"invalid_{key}")
     if len(value) > max_length:
         raise BadRequest(f"'{key}' is longer than {max_length} characters.", code=f"invalid_{key}")
+    return value
+
+
+def _query(request: HttpRequest, key: str, *, max_length: int = 500) -> str:
+    value = request.GET.get(key, "")
+    if len(value) > max_length or not is_storable(value):
+        raise BadRequest(f"The query parameter {key!r} is not valid.", code=f"invalid_{key}")
     return value
 
 
@@ -207,8 +215,11 @@ async def page(request: HttpRequest, conversation_id: uuid.UUID | None = None) -
 async def conversations(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         owner = await aget_owner(request)
-        rows = Conversation.objects.filter(owner.of()).select_related("assistant")[:200]
-        return JsonResponse({"conversations": [conversation_payload(c) async for c in rows]})
+        q = _query(request, "q", max_length=200)
+        rows, cursor = await sync_to_async(listing.page)(owner, q, _query(request, "cursor"))
+        return JsonResponse(
+            {"conversations": [conversation_payload(c) for c in rows], "next": cursor}
+        )
     data = _body(request)
     title = _string(data, "title", max_length=200) or ""
     assistant = await _assistant(_string(data, "assistant", max_length=100))
@@ -245,6 +256,21 @@ async def conversation(request: HttpRequest, conversation_id: str) -> HttpRespon
 
 
 @api_view("GET")
+async def export_conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    owner = await aget_owner(request)
+    conversation = await _conversation(owner, conversation_id)
+    fmt = request.GET.get("format", "md")
+    if fmt not in export.FORMATS:
+        raise BadRequest("'format' is md or json.", code="invalid_format")
+    messages = [m async for m in turns.current_messages(conversation.pk)]
+    render = export.as_markdown if fmt == "md" else export.as_json
+    response = HttpResponse(render(conversation, messages), content_type=export.FORMATS[fmt])
+    name = export.filename(conversation, fmt)
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+@api_view("GET")
 async def assistants(request: HttpRequest) -> HttpResponse:
     await aget_owner(request)
     rows = [a async for a in Assistant.objects.filter(is_active=True)]
@@ -274,6 +300,36 @@ async def regenerate(request: HttpRequest, message_id: str) -> HttpResponse:
         raise Conflict("Only an assistant reply can be regenerated.", code="not_a_reply")
     user_message, reply = await turns.aregenerate(owner, message)
     return _started(user_message, reply)
+
+
+@api_view("POST")
+async def edit(request: HttpRequest, message_id: str) -> HttpResponse:
+    owner = await aget_owner(request)
+    question = await _message(owner, message_id)
+    content = _body(request).get("content")
+    if not isinstance(content, str):
+        raise BadRequest("'content' must be a string.", code="invalid_content")
+    user_message, reply = await turns.aedit(owner, question, content)
+    return _started(user_message, reply)
+
+
+@api_view("GET")
+async def versions(request: HttpRequest, message_id: str) -> HttpResponse:
+    """A message's versions, oldest first; a question's each with the reply it got."""
+    owner = await aget_owner(request)
+    message = await _message(owner, message_id)
+
+    def gather() -> list[dict[str, Any]]:
+        found = []
+        for version in turns.versions(message):
+            item = message_payload(version)
+            if version.role == Role.USER:
+                reply = turns.reply_to(version)
+                item["reply"] = message_payload(reply) if reply else None
+            found.append(item)
+        return found
+
+    return JsonResponse({"versions": await sync_to_async(gather)()})
 
 
 @api_view("GET")
