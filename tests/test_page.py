@@ -309,6 +309,20 @@ def rendered_equals_stored(page: Page, message_id: str, content: str) -> bool:
     )
 
 
+def thinking(page: Page, message_id: str) -> Any:
+    """The reply's reasoning block."""
+    return reply(page, message_id).locator(".cs-thinking")
+
+
+def thought_words(block: Any) -> list[str]:
+    """The words in a reasoning block, shown or folded away."""
+    return (block.locator(".cs-thinking-body").text_content() or "").split()
+
+
+def is_open(block: Any) -> bool:
+    return block.evaluate("details => details.open")
+
+
 def screenshot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
@@ -691,6 +705,297 @@ def test_typewriter_tag_renders_a_message_with_its_text_so_far() -> None:
     )
 
 
+# --- reasoning --------------------------------------------------------------------------
+
+THOUGHT = re.compile(r"Thought for \d+(\.\d)? s")
+
+REASONING_TOKENS = [
+    "The person asks how ",
+    "a reply reaches the page. ",
+    "I should explain the **reader loop** first, ",
+    "then how a dropped connection resumes.\n\n",
+    "- offsets are the event ids\n",
+    "- a reconnect sends `Last-Event-ID`\n",
+    "- nothing is sent twice\n\n",
+    "Keep it short, and show the ",
+    "event format.",
+]
+
+
+def test_reasoning_streams_in_a_thinking_block_that_folds_when_the_answer_starts(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    thought, tokens = words(50, "r"), words(30, "a")
+    trigger = fake_openai.script(unique("think"), Script(tokens, reasoning=thought, interval=0.04))
+    open_page(page, server)
+    message_id = send(page, trigger)
+    block = thinking(page, message_id)
+    # It thinks in the open, typed out like the answer, before any answer.
+    page.wait_for_selector(f"#m-{message_id} .cs-thinking[open][data-state='thinking']")
+    wait_typed(page, f"#m-{message_id} .cs-thinking-body", 30)
+    assert block.locator("summary").inner_text() == "Thinking…"
+    assert len(block.locator(".cs-thinking-body").inner_text()) < len("".join(thought)) - 20
+    assert reply(page, message_id).locator(".body").inner_text() == ""
+    # The answer starts: the block folds and says how long the model thought.
+    wait_typed(page, f"#m-{message_id} .body", 3)
+    until(page, f"!document.querySelector('#m-{message_id} .cs-thinking').open")
+    wait_status(page, message_id, "complete")
+    label = block.locator("summary").inner_text()
+    assert THOUGHT.fullmatch(label), label
+    assert float(label.split()[2]) >= 1.5  # 50 pieces, 40 ms apart
+    assert not is_open(block)
+    assert block.get_attribute("data-state") == "done"
+
+    message = stored(page, server, message_id)
+    assert message["reasoning"] == "".join(thought)
+    assert message["content"] == "".join(tokens)
+    assert thought_words(block) == [t.strip() for t in thought]
+    assert reply(page, message_id).locator(".body").inner_text().split() == [
+        t.strip() for t in tokens
+    ]
+    assert reply(page, message_id).get_attribute("data-raw") == message["content"]  # Copy
+    assert rendered_equals_stored(page, message_id, message["content"])
+    assert page.locator(f"#m-{message_id} .cs-thinking").count() == 1
+    assert "(50 thinking)" in reply(page, message_id).locator(".details").inner_text()
+
+    # The person unfolds it, and folds it again.
+    block.locator("summary").click()
+    assert is_open(block)
+    assert block.locator(".cs-thinking-body").inner_text().split() == [t.strip() for t in thought]
+    block.locator("summary").press("Enter")
+    assert not is_open(block)
+
+    # Another conversation and back: the block and its time are still there.
+    page.click("#new-chat")
+    page.wait_for_url(f"{server.url}/")
+    page.locator(".conversation-link", has_text=trigger).click()
+    page.wait_for_selector(f"#m-{message_id}.status-complete .cs-thinking")
+    assert block.locator("summary").inner_text() == label
+    assert not is_open(block)
+    assert thought_words(block) == [t.strip() for t in thought]
+
+
+def test_reasoning_is_kept_after_a_reload_mid_thinking_and_after(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    thought, tokens = words(100, "r"), words(20, "a")
+    trigger = fake_openai.script(
+        unique("think-reload"), Script(tokens, reasoning=thought, interval=0.04)
+    )
+    open_page(page, server)
+    message_id = send(page, trigger)
+    wait_typed(page, f"#m-{message_id} .cs-thinking-body", 40)
+    page.reload()
+    page.wait_for_selector("#chat[data-ready='true']")
+    # Mid-thinking: the reasoning so far is shown at once, open, and goes on.
+    page.wait_for_selector(f"#m-{message_id}.status-streaming .cs-thinking[open]")
+    assert len(thought_words(thinking(page, message_id))) >= 5
+    wait_status(page, message_id, "complete")
+    block = thinking(page, message_id)
+    assert not is_open(block)
+    # This page did not see it start: it does not make up a time.
+    assert block.locator("summary").inner_text() == "Thoughts"
+    assert thought_words(block) == [t.strip() for t in thought]
+
+    page.reload()
+    page.wait_for_selector("#chat[data-ready='true']")
+    page.wait_for_selector(f"#m-{message_id}.status-complete")
+    block = thinking(page, message_id)
+    assert block.count() == 1
+    assert not is_open(block)
+    assert block.locator("summary").inner_text() == "Thoughts"
+    message = stored(page, server, message_id)
+    assert thought_words(block) == message["reasoning"].split() == [t.strip() for t in thought]
+    assert reply(page, message_id).locator(".body").inner_text().split() == [
+        t.strip() for t in tokens
+    ]
+    block.locator("summary").click()
+    assert block.locator(".cs-thinking-body").is_visible()
+
+
+def test_html_and_script_in_reasoning_are_shown_as_text(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    thought = [
+        "Consider <img src=x onerror=window.__xss=1> ",
+        "and <script>window.__xss=1</script> ",
+        '<svg onload="window.__xss=1"></svg> ',
+        "and [click me](javascript:window.__xss=1) then stop.",
+    ]
+    trigger = fake_openai.script(
+        unique("think-xss"), Script(["Safe ", "answer."], reasoning=thought, interval=0.05)
+    )
+    open_page(page, server)
+    message_id = send(page, trigger)
+    wait_status(page, message_id, "complete")
+    for reloaded in (False, True):
+        if reloaded:
+            page.reload()
+            page.wait_for_selector(f"#m-{message_id}.status-complete .cs-thinking")
+        block = thinking(page, message_id)
+        block.locator("summary").click()
+        body = block.locator(".cs-thinking-body")
+        body.locator("a", has_text="click me").click()
+        assert page.evaluate("window.__xss") is None
+        assert body.locator("img, script, svg, iframe").count() == 0
+        assert body.locator("a").evaluate_all("els => els.map(a => a.getAttribute('href'))") == [
+            None
+        ]
+        handlers = body.evaluate(
+            "b => [...b.querySelectorAll('*')].flatMap(e => [...e.attributes])"
+            ".map(a => a.name).filter(n => n.startsWith('on'))"
+        )
+        assert handlers == []
+        text = body.inner_text()
+        assert "<img src=x onerror=window.__xss=1>" in text
+        assert "<script>window.__xss=1</script>" in text
+        assert page.url.startswith(server.url)
+
+
+def test_network_cut_mid_reasoning_resumes_both_kinds_without_gap_or_duplicate(
+    page: Page,
+    server: LiveServer,
+    proxy: CuttableProxy,
+    fake_openai: FakeOpenAI,
+    problems: Problems,
+) -> None:
+    problems.allowed = NETWORK_ERRORS
+    thought, tokens = words(200, "r"), words(40, "a")
+    trigger = fake_openai.script(
+        unique("think-cut"), Script(tokens, reasoning=thought, interval=0.04)
+    )
+    open_page(page, proxy.url)
+    streams: list[Request] = []
+    page.on("request", lambda r: "/stream/" in r.url and streams.append(r))
+    message_id = send(page, trigger)
+    wait_typed(page, f"#m-{message_id} .cs-thinking-body", 30)
+    proxy.cut()
+    page.wait_for_selector(f"#m-{message_id} .connection:not([hidden])")
+    assert thinking(page, message_id).get_attribute("data-state") == "thinking"
+    proxy.restore()
+    wait_status(page, message_id, "complete")
+    assert page.is_hidden(f"#m-{message_id} .connection")
+
+    def resumed_at(request: Request) -> int:
+        header = request.all_headers().get("last-event-id")
+        if header is not None:
+            return int(header)
+        return int(re.search(r"last_event_id=(\d+)", request.url).group(1))
+
+    offsets = [resumed_at(r) for r in streams[1:]]
+    assert offsets, "the page opened the stream again"
+    # It came back mid-thinking, with the one id that counts both kinds of text.
+    assert 0 < offsets[-1] < len("".join(thought)), offsets
+    message = stored(page, server, message_id)
+    assert message["reasoning"] == "".join(thought)
+    assert message["content"] == "".join(tokens)
+    block = thinking(page, message_id)
+    assert thought_words(block) == [t.strip() for t in thought]
+    assert reply(page, message_id).locator(".body").inner_text().split() == [
+        t.strip() for t in tokens
+    ]
+    assert not is_open(block)
+    assert THOUGHT.fullmatch(block.locator("summary").inner_text())
+
+
+def test_stop_mid_reasoning_keeps_what_was_thought(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    thought = words(300, "r")
+    trigger = fake_openai.script(
+        unique("think-stop"), Script(words(10, "a"), reasoning=thought, interval=0.04)
+    )
+    open_page(page, server)
+    message_id = send(page, trigger)
+    wait_typed(page, f"#m-{message_id} .cs-thinking-body", 20)
+    page.click("#stop")
+    wait_status(page, message_id, "stopped")
+    assert reply(page, message_id).locator(".status-label").inner_text() == "Stopped"
+    assert page.is_visible("#send") and page.is_hidden("#stop")
+    message = stored(page, server, message_id)
+    assert message["status"] == "stopped"
+    assert message["content"] == ""
+    assert 0 < len(message["reasoning"]) < len("".join(thought))
+    assert fake_openai.wait_request(trigger).ended_event.wait(10)
+    for reloaded in (False, True):
+        if reloaded:
+            page.reload()
+            page.wait_for_selector(f"#m-{message_id}.status-stopped")
+        block = thinking(page, message_id)
+        # No answer follows: the thinking stays open, and is over.
+        assert is_open(block)
+        assert block.get_attribute("data-state") == "done"
+        assert THOUGHT.fullmatch(block.locator("summary").inner_text())
+        assert (
+            block.locator(".cs-thinking-body").inner_text().split() == message["reasoning"].split()
+        )
+        assert reply(page, message_id).locator(".body").inner_text() == ""
+
+
+def test_a_reply_without_reasoning_has_no_thinking_block(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    trigger = fake_openai.script(unique("no-think"), Script(words(20), interval=0.02))
+    open_page(page, server)
+    message_id = send(page, trigger)
+    wait_status(page, message_id, "complete")
+    assert page.locator(".cs-thinking").count() == 0
+    assert "thinking" not in reply(page, message_id).locator(".details").inner_text()
+    page.reload()
+    page.wait_for_selector(f"#m-{message_id}.status-complete")
+    assert page.locator(".cs-thinking").count() == 0
+
+
+def test_embedded_typewriter_shows_the_reasoning_too(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    thought, tokens = words(40, "r"), ["Embedded **answer** ", *words(10, "a")]
+    trigger = fake_openai.script(
+        unique("embed-think"), Script(tokens, reasoning=thought, interval=0.04)
+    )
+    open_page(page, server)
+    token = page.evaluate("document.getElementById('chat').dataset.csrfToken")
+    headers = {"X-CSRFToken": token, "Content-Type": "application/json"}
+    created = page.request.post(f"{server.url}/api/conversations/", data={}, headers=headers)
+    started = page.request.post(
+        f"{server.url}/api/conversations/{created.json()['id']}/messages/",
+        data={"content": trigger},
+        headers=headers,
+    ).json()
+    html = Template(
+        "{% load chatstream %}<!doctype html><html><head><link rel='icon' href='data:,'>"
+        "{% chatstream_assets %}</head><body><h1>Host page</h1>"
+        "{% chatstream_typewriter url %}</body></html>"
+    ).render(Context({"url": started["stream_url"]}))
+    page.route(
+        f"{server.url}/host-page/",
+        lambda route: route.fulfill(
+            body=html,
+            content_type="text/html; charset=utf-8",
+            headers={
+                "Content-Security-Policy": "default-src 'self'; img-src data:; script-src 'self'"
+            },
+        ),
+    )
+    page.goto(f"{server.url}/host-page/")
+    block = page.locator(".chatstream-typewriter > .cs-thinking")
+    page.wait_for_selector(".chatstream-typewriter > .cs-thinking[open][data-state='thinking']")
+    wait_typed(page, ".cs-thinking-body", 10)
+    assert page.locator("[data-chatstream-body]").inner_text() == ""
+    page.wait_for_selector(".chatstream-typewriter[data-status='complete']")
+    assert not is_open(block)
+    assert THOUGHT.fullmatch(block.locator("summary").inner_text())
+    assert thought_words(block) == [t.strip() for t in thought]
+    # The block sits above the answer, inside the widget.
+    assert block.evaluate("b => b.nextElementSibling.hasAttribute('data-chatstream-body')")
+    message = stored(page, server, started["assistant_message"]["id"])
+    body = page.locator("[data-chatstream-body]")
+    assert body.locator("strong").inner_text() == "answer"
+    assert body.inner_text().replace("\n", "") == message["content"].replace("**", "").strip()
+    block.locator("summary").click()
+    assert is_open(block)
+
+
 SCREENS = [
     ("desktop-light", {"width": 1280, "height": 800}, "light"),
     ("desktop-dark", {"width": 1280, "height": 800}, "dark"),
@@ -725,6 +1030,37 @@ def test_screenshots(
             page.click("#open-sidebar")
             page.wait_for_selector("#sidebar .conversation-link", state="visible")
             screenshot(page, f"{name}-drawer")
+        assert problems.unexpected() == []
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize(("name", "viewport", "scheme"), SCREENS)
+def test_screenshots_of_thinking(
+    browser: Browser,
+    server: LiveServer,
+    fake_openai: FakeOpenAI,
+    problems: Problems,
+    name: str,
+    viewport: dict[str, int],
+    scheme: str,
+) -> None:
+    context = new_context(browser, viewport=viewport, color_scheme=scheme, reduced_motion="reduce")
+    page = context.new_page()
+    problems.watch(page)
+    try:
+        trigger = fake_openai.script(
+            unique("shot-think"),
+            Script(MARKDOWN_TOKENS[:8], reasoning=REASONING_TOKENS, interval=0.15),
+        )
+        open_page(page, server)
+        message_id = send(page, trigger)
+        wait_typed(page, f"#m-{message_id} .cs-thinking-body", 150)
+        screenshot(page, f"{name}-thinking")
+        wait_status(page, message_id, "complete")
+        screenshot(page, f"{name}-thought")
+        thinking(page, message_id).locator("summary").click()
+        screenshot(page, f"{name}-thought-open")
         assert problems.unexpected() == []
     finally:
         context.close()

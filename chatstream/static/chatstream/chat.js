@@ -5,7 +5,7 @@
 // offset the server reports. Only one stream is open at a time (browsers allow six
 // HTTP/1.1 connections per host).
 import { copyText, handleCopyButtons, toFragment } from "./markdown.js";
-import { Typewriter } from "./typewriter.js";
+import { Thinking, Typewriter } from "./typewriter.js";
 
 const root = document.getElementById("chat");
 const apiConversations = root.dataset.apiRoot; // ".../api/conversations/"
@@ -25,6 +25,9 @@ const state = {
   pending: false, // a POST that starts a reply is on its way
   stick: true, // autoscroll follows the reply until the reader scrolls up
   loadToken: 0,
+  // How long each reply watched on this page thought (ms), by id: the server does not
+  // store it, and it is kept when another conversation is opened and this one again.
+  thoughtFor: new Map(),
 };
 
 // --- helpers ---------------------------------------------------------------------------
@@ -145,10 +148,10 @@ function details(message) {
   const parts = [];
   if (message.model) parts.push(message.model + (state.demoModels.has(message.model) ? " (offline demo)" : ""));
   if (message.usage) {
-    const { prompt_tokens: input, completion_tokens: output, estimated } = message.usage;
+    const { prompt_tokens: input, completion_tokens: output, reasoning_tokens: thought, estimated } = message.usage;
     const approx = estimated ? "≈" : "";
     if (input != null) parts.push(`${approx}${input} tokens in`);
-    if (output != null) parts.push(`${approx}${output} out`);
+    if (output != null) parts.push(`${approx}${output} out` + (thought ? ` (${approx}${thought} thinking)` : ""));
   }
   if (message.ttft_ms != null) parts.push(`first token ${message.ttft_ms} ms`);
   if (message.duration_ms != null) parts.push(`${(message.duration_ms / 1000).toFixed(1)} s`);
@@ -189,6 +192,23 @@ function setMeta(article, message) {
   problem.hidden = !failed;
 }
 
+/**
+ * A finished reply's reasoning block, folded when an answer follows. How long it
+ * thought is known when this page watched it, or when there is no answer (then the
+ * whole reply was thinking); otherwise it just says "Thoughts".
+ */
+function renderThinking(article, message) {
+  const body = article.querySelector(".body");
+  const previous = body.previousElementSibling;
+  if (!message.reasoning) {
+    if (previous && previous.classList.contains("cs-thinking")) previous.remove();
+    return;
+  }
+  const known = state.thoughtFor.get(message.id) ?? (message.content ? null : message.duration_ms);
+  const thinking = new Thinking(body).show(message.reasoning, { final: true }).end(known, { fold: true });
+  thinking.element.open = !message.content; // with no answer, the thinking is all there is
+}
+
 function renderMessage(message, { before = null } = {}) {
   let article = $(`m-${message.id}`);
   if (!article) {
@@ -224,7 +244,10 @@ function renderMessage(message, { before = null } = {}) {
   article.dataset.raw = message.content;
   const body = article.querySelector(".body");
   if (message.role === "assistant") {
-    if (message.status !== "streaming") body.replaceChildren(toFragment(message.content));
+    if (message.status !== "streaming") {
+      body.replaceChildren(toFragment(message.content));
+      renderThinking(article, message);
+    }
   } else {
     body.textContent = message.content;
   }
@@ -266,6 +289,7 @@ function attach(message, url) {
     url: url || `${api}messages/${message.id}/stream/`,
     messageUrl: `${api}messages/${message.id}/`,
     content: message.content,
+    reasoning: message.reasoning,
     offset: message.offset,
     onStatus: (status) => {
       connection.hidden = status !== "reconnecting";
@@ -280,6 +304,7 @@ function attach(message, url) {
       const final = done.message || { ...message, status: done.status, content: writer.text };
       connection.hidden = true;
       article.dataset.raw = final.content;
+      if (writer.thinking && writer.thinking.durationMs != null) state.thoughtFor.set(message.id, writer.thinking.durationMs);
       setMeta(article, final);
       if (state.streaming && state.streaming.writer === writer) setStreaming(null);
       follow();

@@ -11,12 +11,19 @@
 // code points, so resuming needs nothing but the last id: the browser's own
 // EventSource sends it as Last-Event-ID when it reconnects, and if the browser gives
 // up (a 4xx/5xx while reconnecting) we open a new one with ?last_event_id=<that id>.
+//
+// A reply has two kinds of text: the answer (`delta` events) and the model's reasoning
+// (`reasoning` events), which goes into a collapsible "Thinking…" block above the
+// answer. One id counts both, in the order they streamed, and one paced reveal types
+// both in that order; the block folds when the answer starts to show.
 import { MarkdownView } from "./markdown.js";
 
 const MIN_RATE = 45; // characters per second when little is waiting
 const LATENCY = 0.35; // seconds of backlog the reveal aims to hold at most
 const SNAP = 4000; // a backlog this large (a long history) is shown at once
 const MAX_RETRY_MS = 15000;
+const ANSWER = "answer";
+const REASONING = "reasoning";
 
 const codePoints = (text) => {
   let n = 0;
@@ -31,11 +38,74 @@ function withOffset(url, offset) {
   return parsed.origin === window.location.origin ? parsed.pathname + parsed.search : parsed.href;
 }
 
+/** "Thought for 4.2 s", "Thought for 12 s", "Thought for 2 min 5 s"; "Thoughts" when unknown. */
+export function thoughtLabel(milliseconds) {
+  if (milliseconds == null || !Number.isFinite(milliseconds) || milliseconds < 0) return "Thoughts";
+  const seconds = milliseconds / 1000;
+  if (seconds < 10) return `Thought for ${Math.max(0.1, seconds).toFixed(1)} s`;
+  if (seconds < 60) return `Thought for ${Math.round(seconds)} s`;
+  const whole = Math.round(seconds);
+  return `Thought for ${Math.floor(whole / 60)} min ${whole % 60} s`;
+}
+
+/**
+ * The model's reasoning: a <details> block put just before `answer` (replacing one
+ * already there), rendered like the answer (sanitized markdown, or plain text).
+ * While the model thinks it is open and says "Thinking…"; `end()` says for how long
+ * and folds it when an answer follows. The person can always unfold it.
+ */
+export class Thinking {
+  constructor(answer, { markdown = true } = {}) {
+    const previous = answer.previousElementSibling;
+    if (previous && previous.classList.contains("cs-thinking")) previous.remove();
+    this.element = document.createElement("details");
+    this.element.className = "cs-thinking";
+    const summary = document.createElement("summary");
+    summary.className = "cs-thinking-summary";
+    this.label = document.createElement("span");
+    this.label.className = "cs-thinking-label";
+    summary.append(this.label);
+    const body = document.createElement("div");
+    body.className = `cs-thinking-body ${markdown ? "cs-markdown" : "cs-text"}`;
+    this.element.append(summary, body);
+    answer.before(this.element);
+    this.view = new MarkdownView(body, { markdown });
+    this.durationMs = null;
+    this.thinking = false;
+  }
+
+  /** The model is thinking: open, "Thinking…". */
+  think() {
+    this.thinking = true;
+    this.element.dataset.state = "thinking";
+    this.element.open = true;
+    this.label.textContent = "Thinking…";
+    return this;
+  }
+
+  /** Show `text` (a prefix while it streams; `final`: the stored text, rendered whole). */
+  show(text, options) {
+    this.view.update(text, options);
+    return this;
+  }
+
+  /** Thinking is over: say for how long (null: not known), and fold if an answer follows. */
+  end(durationMs, { fold }) {
+    this.thinking = false;
+    this.durationMs = durationMs ?? null;
+    this.element.dataset.state = "done";
+    this.label.textContent = thoughtLabel(this.durationMs);
+    if (fold) this.element.open = false;
+    return this;
+  }
+}
+
 export class Typewriter {
   /**
    * element: where the reply is shown. options:
    *   url       the reply's stream URL (GET /api/messages/<id>/stream/)
-   *   content   text already known (shown at once); offset: its length in code points
+   *   content   answer text already known; reasoning: reasoning text already known
+   *             (both shown at once); offset: their length in code points, together
    *   markdown  render markdown (default true); false shows plain text
    *   messageUrl  GET /api/messages/<id>/ (default: derived from url), asked when the
    *             browser gives up reconnecting, to tell "finished" from "try again"
@@ -44,14 +114,23 @@ export class Typewriter {
    *   onDone(done)     the `done` event's data ({status, message, ...}), after the
    *                    last character is revealed and the stored text rendered
    *   onProgress()     after each revealed frame (autoscroll hooks in here)
+   * The reasoning block (a `Thinking`, also `this.thinking`) is put just before
+   * `element` when the reply has reasoning.
    */
   constructor(element, options) {
     this.element = element;
     this.options = options;
-    this.view = new MarkdownView(element, { markdown: options.markdown !== false });
-    this.received = options.content || "";
-    this.offset = options.offset ?? codePoints(this.received);
-    this.shown = this.received.length; // UTF-16 units revealed: what we had is not retyped
+    this.markdown = options.markdown !== false;
+    this.view = new MarkdownView(element, { markdown: this.markdown });
+    const content = options.content || "";
+    const reasoning = options.reasoning || "";
+    // received: everything so far; shown: UTF-16 units revealed (what we had is not retyped).
+    this.tracks = {
+      [ANSWER]: { received: content, shown: content.length },
+      [REASONING]: { received: reasoning, shown: reasoning.length },
+    };
+    this.queue = []; // [{kind, end}]: the unrevealed text, in the order it streamed
+    this.offset = options.offset ?? codePoints(content) + codePoints(reasoning);
     this.rate = MIN_RATE;
     this.budget = 0;
     this.finalMessage = null;
@@ -61,11 +140,21 @@ export class Typewriter {
     this.retries = 0;
     this.closed = false;
     this.state = null;
+    this.thinking = null;
+    this.startedAt = null; // when we saw the reply start, if we did
+    this.answeredAt = null; // when its first answer text arrived
+    this.endedAt = null; // when we learnt that it ended
     this.messageUrl = options.messageUrl || new URL(".", new URL(options.url, window.location.href)).pathname.replace(/stream\/$/, "");
-    if (this.received) this.view.update(this.received);
+    if (content) this.view.update(content);
+    if (reasoning) {
+      this._thinking().show(reasoning);
+      // Its start is before our time: how long it thought is not known here.
+      if (content) this.thinking.end(null, { fold: true });
+    }
   }
 
   start() {
+    if (this.offset === 0) this.startedAt = performance.now();
     this._status("connecting");
     this._open(withOffset(this.options.url, this.offset));
     return this;
@@ -80,9 +169,14 @@ export class Typewriter {
     clearTimeout(this.retryTimer);
   }
 
-  /** Everything received so far (not just what is revealed). */
+  /** The answer received so far (not just what is revealed). */
   get text() {
-    return this.received;
+    return this.tracks[ANSWER].received;
+  }
+
+  /** The reasoning received so far. */
+  get reasoning() {
+    return this.tracks[REASONING].received;
   }
 
   _status(state) {
@@ -90,6 +184,11 @@ export class Typewriter {
     this.state = state;
     this.element.dataset.state = state;
     if (this.options.onStatus) this.options.onStatus(state);
+  }
+
+  _thinking() {
+    if (!this.thinking) this.thinking = new Thinking(this.element, { markdown: this.markdown }).think();
+    return this.thinking;
   }
 
   _open(url) {
@@ -100,7 +199,8 @@ export class Typewriter {
       this.retries = 0;
       this._status("streaming");
     });
-    source.addEventListener("delta", (event) => {
+    // Both kinds share one id space: the same gap and duplicate checks serve both.
+    const onText = (kind) => (event) => {
       const id = Number(event.lastEventId);
       const { text } = JSON.parse(event.data);
       const before = this.offset;
@@ -110,11 +210,13 @@ export class Typewriter {
       if (Number.isFinite(id) && id - length !== before) {
         const skip = before - (id - length);
         if (skip < 0) return this._reopen();
-        this._append([...text].slice(skip).join(""), id);
+        this._append(kind, [...text].slice(skip).join(""), id);
         return;
       }
-      this._append(text, Number.isFinite(id) ? id : before + length);
-    });
+      this._append(kind, text, Number.isFinite(id) ? id : before + length);
+    };
+    source.addEventListener("delta", onText(ANSWER));
+    source.addEventListener("reasoning", onText(REASONING));
     source.addEventListener("error", (event) => {
       if (event.data) {
         // The server's `error` event (the upstream failed); `done` follows.
@@ -133,13 +235,9 @@ export class Typewriter {
       const done = JSON.parse(event.data);
       source.close(); // else the browser would reconnect for ever
       this.source = null;
+      this.endedAt = performance.now();
+      this._settle(done.message);
       this.done = done;
-      if (done.message && typeof done.message.content === "string") {
-        this.finalMessage = done.message;
-        if (done.message.content.startsWith(this.received)) {
-          this.received = done.message.content; // nothing lost, nothing doubled
-        }
-      }
       this._schedule();
     });
   }
@@ -157,9 +255,8 @@ export class Typewriter {
         if (response.ok) {
           const message = await response.json();
           if (message.status !== "streaming") {
-            this.received = message.content;
+            this._settle(message);
             this.offset = message.offset;
-            this.finalMessage = message;
             this.done = { status: message.status, message, usage: message.usage };
             this._schedule();
             return;
@@ -177,9 +274,32 @@ export class Typewriter {
     }, delay);
   }
 
-  _append(text, id) {
-    this.received += text;
+  /** The stored message has the last word: type out what we missed of it, if anything. */
+  _settle(message) {
+    if (!message || typeof message.content !== "string") return;
+    this.finalMessage = message;
+    for (const [kind, text] of [[REASONING, message.reasoning || ""], [ANSWER, message.content]]) {
+      const track = this.tracks[kind];
+      if (text.startsWith(track.received)) {
+        const rest = text.slice(track.received.length);
+        if (rest) this._append(kind, rest, this.offset, { live: false });
+      } else {
+        // Not what we were shown (it cannot happen with a sound server): show it as stored.
+        this.queue = this.queue.filter((piece) => piece.kind !== kind);
+        track.received = text;
+        track.shown = text.length;
+      }
+    }
+  }
+
+  /** `live`: the text arrives now (else it came late, from the stored message). */
+  _append(kind, text, id, { live = true } = {}) {
+    const track = this.tracks[kind];
+    if (kind === ANSWER && !track.received && text && live) this.answeredAt = performance.now();
+    if (kind === REASONING && text) this._thinking();
+    track.received += text;
     this.offset = id;
+    this.queue.push({ kind, end: track.received.length });
     this._schedule();
   }
 
@@ -187,13 +307,18 @@ export class Typewriter {
     if (!this.frame && !this.closed) this.frame = requestAnimationFrame((t) => this._tick(t));
   }
 
+  _backlog() {
+    const { [ANSWER]: answer, [REASONING]: reasoning } = this.tracks;
+    return answer.received.length - answer.shown + reasoning.received.length - reasoning.shown;
+  }
+
   _tick(now) {
     this.frame = 0;
     const dt = Math.min(0.1, this.last ? (now - this.last) / 1000 : 1 / 60);
     this.last = now;
-    let backlog = this.received.length - this.shown;
+    let backlog = this._backlog();
     if (backlog > SNAP) {
-      this.shown = this.received.length;
+      this._reveal(Infinity);
       backlog = 0;
     }
     if (backlog > 0) {
@@ -202,18 +327,11 @@ export class Typewriter {
       // Ease towards the wanted rate: quick to speed up, gentle to slow down.
       this.rate += (wanted - this.rate) * Math.min(1, dt * (wanted > this.rate ? 12 : 4));
       this.budget += this.rate * dt;
-      let step = Math.min(backlog, Math.floor(this.budget));
+      const step = Math.min(backlog, Math.floor(this.budget));
       this.budget -= step;
-      if (step > 0) {
-        let end = this.shown + step;
-        const code = this.received.charCodeAt(end - 1);
-        if (code >= 0xd800 && code <= 0xdbff) end++; // never split a surrogate pair
-        this.shown = Math.min(end, this.received.length);
-        this.view.update(this.received.slice(0, this.shown));
-        if (this.options.onProgress) this.options.onProgress();
-      }
+      if (step > 0) this._reveal(step);
     }
-    if (this.shown < this.received.length) {
+    if (this._backlog() > 0) {
       this._schedule();
     } else if (this.done) {
       this._finish();
@@ -222,11 +340,56 @@ export class Typewriter {
     }
   }
 
+  /** Reveal up to `step` UTF-16 units, in the order the text streamed. */
+  _reveal(step) {
+    const touched = new Set();
+    while (step > 0 && this.queue.length) {
+      const piece = this.queue[0];
+      const track = this.tracks[piece.kind];
+      let end = Math.min(piece.end, track.shown + step);
+      const code = track.received.charCodeAt(end - 1);
+      if (code >= 0xd800 && code <= 0xdbff) end++; // never split a surrogate pair
+      end = Math.min(end, track.received.length);
+      step -= end - track.shown;
+      track.shown = end;
+      touched.add(piece.kind);
+      if (track.shown >= piece.end) this.queue.shift();
+    }
+    if (touched.has(REASONING)) {
+      const reasoning = this.tracks[REASONING];
+      this._thinking().show(reasoning.received.slice(0, reasoning.shown));
+    }
+    if (touched.has(ANSWER)) {
+      const answer = this.tracks[ANSWER];
+      this.view.update(answer.received.slice(0, answer.shown));
+      // The answer starts to show: the thinking is over; fold it out of the way.
+      if (this.thinking && this.thinking.thinking && answer.shown > 0) {
+        this.thinking.end(this._thoughtFor(this.answeredAt), { fold: true });
+      }
+    }
+    if (touched.size && this.options.onProgress) this.options.onProgress();
+  }
+
+  _thoughtFor(until) {
+    return this.startedAt === null || until === null ? null : Math.round(until - this.startedAt);
+  }
+
   _finish() {
     if (this.finished) return;
     this.finished = true;
-    const text = this.finalMessage ? this.finalMessage.content : this.received;
-    this.view.update(text, { final: true });
+    const answer = this.finalMessage ? this.finalMessage.content : this.text;
+    const reasoning = this.finalMessage ? this.finalMessage.reasoning || "" : this.reasoning;
+    this.view.update(answer, { final: true });
+    if (reasoning) {
+      this._thinking().show(reasoning, { final: true });
+      if (this.thinking.thinking) {
+        // Ended (stopped, failed, or an answer too short to wait for): keep what was thought.
+        // With no answer, the whole reply was thinking: the server timed it best.
+        const stored = this.finalMessage && !answer ? this.finalMessage.duration_ms : null;
+        const seen = this._thoughtFor(answer ? this.answeredAt : this.endedAt);
+        this.thinking.end(stored ?? seen, { fold: !!answer });
+      }
+    }
     this._status("done");
     if (this.options.onProgress) this.options.onProgress();
     if (this.options.onDone) this.options.onDone(this.done);
@@ -242,10 +405,11 @@ export function mountAll(root = document) {
   for (const element of root.querySelectorAll("[data-chatstream-stream]")) {
     if (element.chatstreamTypewriter) continue;
     const { chatstreamStream: url, chatstreamContent: content = "", chatstreamFormat: format } = element.dataset;
-    const offset = element.dataset.chatstreamOffset;
+    const { chatstreamReasoning: reasoning = "", chatstreamOffset: offset } = element.dataset;
     const writer = new Typewriter(element.querySelector("[data-chatstream-body]") || element, {
       url,
       content,
+      reasoning,
       offset: offset === undefined ? undefined : Number(offset),
       markdown: format !== "text",
       onStatus: (state) => {
