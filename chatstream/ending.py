@@ -31,7 +31,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from chatstream import dbpool
+from chatstream import dbpool, metrics
 from chatstream.models import Message, Role, Status
 from chatstream.replylog import ReplyLog, get_reply_log
 from chatstream.replylog.base import ANSWER, REASONING, Part, ReplyWriter, wait_done
@@ -140,6 +140,7 @@ async def announce(message: Message) -> None:
     }
     # One line per reply, never its text: operators grep and parse these.
     logger.info("reply finished %s", json.dumps(line), extra={"chatstream": line})
+    metrics.count_reply(message)
     for receiver, result in await reply_finished.asend_robust(sender=Message, message=message):
         if isinstance(result, Exception):
             logger.error("reply_finished receiver %r failed", receiver, exc_info=result)
@@ -233,6 +234,7 @@ class Ending:
                     )
                     return None, False
                 logger.warning("Finalising reply %s failed (%s); retrying.", reply_id, exc)
+                metrics.FINALISE_RETRIES.inc()
             await asyncio.sleep(delay)
             delay = min(2 * delay, _RETRY_MOST)
             attempt = asyncio.ensure_future(persist(reply_id, fields))

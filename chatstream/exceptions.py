@@ -53,6 +53,14 @@ class CsrfFailed(ChatstreamError):
     status = 403
 
 
+class Forbidden(ChatstreamError):
+    """Raised when the caller may not see this: metrics without a staff session or the token."""
+
+    code = "forbidden"
+    status = 403
+    default_message = "You may not see this."
+
+
 class NotFound(ChatstreamError):
     """Raised for unknown ids and for anything that is not the caller's."""
 

@@ -20,7 +20,7 @@ from typing import Any
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import connections
 
-from chatstream import dbpool, ending, limits, shutdown
+from chatstream import dbpool, ending, limits, metrics, shutdown
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.connections import get_provider
 from chatstream.exceptions import (
@@ -108,14 +108,19 @@ class Generation:
         """Read the model until it ends or the reply must stop; how it ended."""
         consume = asyncio.ensure_future(self._consume(started))
         watch = asyncio.ensure_future(self._watch())
+        loop = asyncio.get_running_loop()
         try:
             await asyncio.wait({consume, watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # When the reply must stop, from now until its provider stream is closed.
+            stopping = loop.time() if watch.done() and not consume.done() else None
             for task in (consume, watch):
                 task.cancel()
             # Awaiting the cancelled consumer closes the provider stream, and so the upstream.
             # The watcher gets a moment to go, never the power to hold up the ending.
             await asyncio.gather(consume, return_exceptions=True)
+            if stopping is not None:
+                metrics.STOP_TO_UPSTREAM_CLOSED.observe(loop.time() - stopping)
             await asyncio.wait({watch}, timeout=_WATCH_GRACE)
         if consume.cancelled():
             return ending.Outcome(Status.STOPPED)
@@ -148,6 +153,7 @@ class Generation:
     def _outcome(self, consume: asyncio.Future[None]) -> ending.Outcome:
         exc = consume.exception()
         if isinstance(exc, UpstreamError):
+            metrics.UPSTREAM_ERRORS.labels(code=exc.code).inc()
             return ending.Outcome(Status.ERROR, exc.code, exc.message)
         if isinstance(exc, TokenQuotaExceeded | CostLimitExceeded):
             return ending.Outcome(Status.STOPPED, exc.code, exc.message)
@@ -157,6 +163,7 @@ class Generation:
             logger.error("Reply %s failed", self.spec.reply_id, exc_info=exc)
             return ending.Outcome(Status.ERROR, "internal_error", "The reply failed on the server.")
         if self.finish_reason is None:
+            metrics.UPSTREAM_ERRORS.labels(code="upstream_incomplete").inc()
             return ending.Outcome(
                 Status.ERROR,
                 "upstream_incomplete",
@@ -296,8 +303,14 @@ class GenerationRegistry:
             context=contextvars.Context(),
         )
         self._tasks[spec.reply_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(spec.reply_id, None))
+        metrics.REPLIES_STARTED.labels(model=spec.request.model).inc()
+        metrics.REPLIES_LIVE.inc()
+        task.add_done_callback(lambda _: self._ended(spec.reply_id))
         shutdown.install(lambda: self.shutdown(settings.shutdown_grace))
+
+    def _ended(self, reply_id: str) -> None:
+        self._tasks.pop(reply_id, None)
+        metrics.REPLIES_LIVE.dec()
 
     async def wait(self, reply_id: str, timeout: float | None = None) -> None:
         """Wait for a reply of this process to end (tests, shutdown)."""

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from chatstream import metrics
 from chatstream.conf import get_settings
 from chatstream.ending import final_record, recover
 from chatstream.exceptions import ReplyLogUnavailable
@@ -86,6 +87,8 @@ async def follow(reply_id: str, offset: int) -> AsyncGenerator[Item, None]:
     settings, log = get_settings(), get_reply_log()
     clock = asyncio.get_running_loop().time
     joined, sent_at = False, -settings.flush_interval
+    sent_any = False  # a gap is measured from this reader's previous frame
+    metrics.READERS_LIVE.inc()
     try:
         with contextlib.suppress(ReplyLogUnavailable):  # the first read reports it
             await log.reader_joined(reply_id)
@@ -110,13 +113,16 @@ async def follow(reply_id: str, offset: int) -> AsyncGenerator[Item, None]:
                 for part in read.parts:
                     offset += len(part.text)
                     yield Delta(part.text, offset, part.kind)
-                sent_at = clock()
+                if sent_any:
+                    metrics.FRAME_GAP.observe(clock() - sent_at)
+                sent_at, sent_any = clock(), True
             if read.final is not None:
                 yield Ending(read.final, offset)
                 return
             if not read.parts:
                 yield SILENCE
     finally:
+        metrics.READERS_LIVE.dec()
         if joined:
             with contextlib.suppress(ReplyLogUnavailable):
                 await log.reader_left(reply_id)

@@ -11,6 +11,9 @@ Event streams (a GET with ``Accept: text/event-stream``, as every EventSource
 sends) go first: their message is stored and its reply running, and a live stream's
 request is cheap, so in a burst people already served see their reply start rather
 than waiting behind every send that came after theirs. The rest go in arrival order.
+
+A Prometheus scrape (``/metrics``) never waits: it must be able to show the very
+queue it would be waiting in.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ import weakref
 from collections import deque
 from typing import Any
 
+from chatstream import metrics
+
 Scope = dict[str, Any]
+
+_BYPASS = frozenset({"/metrics"})  # paths let in without a place
 
 
 class _Places:
@@ -34,12 +41,14 @@ class _Places:
     async def take(self, stream: bool) -> None:
         if self.free > 0 and not any(self.waiting):
             self.free -= 1
+            metrics.ADMISSION_WAIT.observe(0)
             return
         queue = self.waiting[0 if stream else 1]
         place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(place)
         try:
-            await place
+            with metrics.ADMISSION_QUEUE.track_inprogress(), metrics.ADMISSION_WAIT.time():
+                await place
         except asyncio.CancelledError:
             if place.done() and not place.cancelled():
                 self.give_back()  # given a place while being cancelled: pass it on
@@ -76,7 +85,7 @@ class AdmissionLimit:
         )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or self.limit <= 0:
+        if scope["type"] != "http" or self.limit <= 0 or scope.get("path") in _BYPASS:
             return await self.app(scope, receive, send)
         loop = asyncio.get_running_loop()
         places = self._places.get(loop)

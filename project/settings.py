@@ -36,6 +36,8 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if 
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 # HTTP requests in Django's hands at once per process (project/admission.py); 0: no limit.
 MAX_ACTIVE_REQUESTS = int(os.environ.get("DJANGO_MAX_ACTIVE_REQUESTS", "64"))
+# The bearer token Prometheus sends to /metrics; unset: only staff sessions may see them.
+METRICS_TOKEN = os.environ.get("CHATSTREAM_METRICS_TOKEN", "")
 
 INSTALLED_APPS = [
     "daphne",
@@ -201,7 +203,8 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
-    SECURE_REDIRECT_EXEMPT = [r"^api/health/$"]  # load balancers probe over plain HTTP
+    # Load balancers probe, and Prometheus scrapes each worker, over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^api/health/$", r"^metrics$"]
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "3600"))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)

@@ -41,6 +41,7 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
+from chatstream import metrics
 from chatstream.exceptions import LeaseLost, ReplyLogUnavailable
 from chatstream.replylog.base import (
     ANSWER,
@@ -186,15 +187,18 @@ class _Writer(ReplyWriter):
             parts, end = self.pending, self.buffer.length
             self.pending = []
             try:
-                result = await self._write(parts, end, final, close)
+                with metrics.REPLY_LOG_FLUSH.time():
+                    result = await self._write(parts, end, final, close)
                 if result == _VANISHED and self.claimed:
                     return False  # nothing to finalise into: its lease lapses by itself
                 if result == _VANISHED:
                     await self._rewrite()
                     whole = _upto(self.buffer.after(0), self.buffer.length - end)
                     result = await self._write(whole, end, final, close)
-            except BaseException:
+            except BaseException as exc:
                 self.pending[:0] = parts
+                if isinstance(exc, RedisError):
+                    metrics.REPLY_LOG_FLUSH_FAILURES.inc()
                 raise
             if result == _LOST:
                 self.fenced_out()
