@@ -20,6 +20,7 @@ import pytest
 from django.template import Context, Template
 from playwright.sync_api import Browser, BrowserContext, Page, Request, sync_playwright
 
+from chatstream.models import Message
 from tests.conftest import ROOT, LiveServer, make_live_server
 from tests.fake_openai import FakeOpenAI, Script
 
@@ -699,10 +700,20 @@ def test_typewriter_tag_renders_a_message_with_its_text_so_far() -> None:
     assert html == (
         '<div class="chatstream-typewriter mine" '
         'data-chatstream-stream="/chat/api/messages/x/stream/?a=1&amp;b=2" '
-        'data-chatstream-content="" data-chatstream-offset="0" '
+        'data-chatstream-content="" data-chatstream-reasoning="" data-chatstream-offset="0" '
         'data-chatstream-format="text" aria-live="off">'
         '<div class="cs-text" data-chatstream-body></div></div>\n'
     )
+
+
+def test_typewriter_tag_resumes_a_stored_reply_after_both_kinds_of_text() -> None:
+    reply = Message(role="assistant", content="Hi <b>", reasoning="Think & greet")
+    html = Template("{% load chatstream %}{% chatstream_typewriter reply %}").render(
+        Context({"reply": reply})
+    )
+    assert 'data-chatstream-content="Hi &lt;b&gt;"' in html
+    assert 'data-chatstream-reasoning="Think &amp; greet"' in html
+    assert f'data-chatstream-offset="{len("Hi <b>") + len("Think & greet")}"' in html
 
 
 # --- reasoning --------------------------------------------------------------------------

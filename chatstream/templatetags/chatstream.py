@@ -41,9 +41,9 @@ def chatstream_typewriter(
         )
     if isinstance(reply, Message):
         url = reverse("chatstream:stream", args=[reply.pk])
-        content = reply.content
+        content, reasoning = reply.content, reply.reasoning
     elif isinstance(reply, str) and reply:
-        url, content = reply, ""
+        url, content, reasoning = reply, "", ""
     else:
         raise template.TemplateSyntaxError(
             f"chatstream_typewriter needs an assistant Message or a stream URL, not {reply!r}."
@@ -51,7 +51,9 @@ def chatstream_typewriter(
     return {
         "url": url,
         "content": content,
-        "offset": len(content),
+        "reasoning": reasoning,
+        # Offsets count both kinds of text: what is stored so far is the stream's start.
+        "offset": len(content) + len(reasoning),
         "format": format,
         "css_class": css_class,
     }
