@@ -94,8 +94,10 @@ class AssistantForm(forms.ModelForm):
 
     def _get_validation_exclusions(self) -> set[str]:
         # Saving a new default unsets the old one (AssistantAdmin.save_model), so the
-        # one-default constraint must not refuse the form before that can happen.
-        return {*super()._get_validation_exclusions(), "is_default"}
+        # one-default constraint must not refuse the form before that can happen. Django
+        # has no public hook between building the instance and checking its constraints.
+        exclusions: set[str] = super()._get_validation_exclusions()  # type: ignore[misc]
+        return {*exclusions, "is_default"}
 
 
 @admin.register(Assistant)
@@ -148,7 +150,9 @@ class AssistantAdmin(admin.ModelAdmin):
             return HttpResponseNotAllowed(["POST"])
         assistant = self.get_object(request, object_id)
         if assistant is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            messages.warning(request, f"There is no assistant with ID “{object_id}”.")
+            changelist = f"{self.admin_site.name}:chatstream_assistant_changelist"
+            return HttpResponseRedirect(reverse(changelist))
         if not self.has_change_permission(request, assistant):
             raise PermissionDenied
         admin_views.check_assistants(request, [assistant])
@@ -198,10 +202,10 @@ class MessageInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -290,10 +294,10 @@ class MessageAdmin(admin.ModelAdmin):
         )
         return format_html('<a href="{}">{}</a>', url, obj.conversation)
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
         return False
 
     # Deleting stays with the permission: deleting a conversation cascades to its messages.

@@ -161,7 +161,8 @@ def check_assistants(request: HttpRequest, assistants: Iterable[Assistant]) -> l
 
     results = async_to_sync(run)()
     for found in results:
-        messages.add_message(request, messages.SUCCESS if found.ok else messages.ERROR, found)
+        level = messages.SUCCESS if found.ok else messages.ERROR
+        messages.add_message(request, level, str(found))
     return results
 
 

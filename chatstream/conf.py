@@ -126,11 +126,12 @@ def _import(path: Any, key: str) -> type:
     if not isinstance(path, str) or not path:
         raise ImproperlyConfigured(f"CHATSTREAM{key}['BACKEND'] must be a dotted path string.")
     try:
-        return import_string(path)
+        found: type = import_string(path)
     except ImportError as exc:
         raise ImproperlyConfigured(
             f"CHATSTREAM{key}['BACKEND'] = {path!r} cannot be imported: {exc}"
         ) from exc
+    return found
 
 
 def _connection(name: str, spec: Any) -> Connection:

@@ -81,7 +81,7 @@ def _error_frame(error: ChatstreamError, **extra: Any) -> dict[str, Any]:
 
 
 def _done_frame(reply_id: str, final: Mapping[str, Any], offset: int) -> str:
-    frame = {
+    frame: dict[str, Any] = {
         "type": "done",
         "message_id": reply_id,
         "status": final.get("status"),
@@ -104,7 +104,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     # Replies and stop signals travel through the reply log: no channel layer
     # (with Redis, one would cost a channel and a polling receive per connection).
-    channel_layer_alias = None
+    channel_layer_alias = None  # type: ignore[assignment]  # channels: None means no layer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -205,12 +205,16 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if not isinstance(content, str):
             raise BadRequest("'content' must be a string.", code="invalid_content")
         assert self.owner is not None
-        question = await Message.objects.filter(
-            self.owner.of("conversation__"),
-            conversation_id=self.conversation_id,
-            role=Role.USER,
-            pk=_uuid(frame.get("message_id"), "No such question."),
-        ).select_related("conversation__assistant").afirst()
+        question = (
+            await Message.objects.filter(
+                self.owner.of("conversation__"),
+                conversation_id=self._this,
+                role=Role.USER,
+                pk=_uuid(frame.get("message_id"), "No such question."),
+            )
+            .select_related("conversation__assistant")
+            .afirst()
+        )
         if question is None:
             raise NotFound("No such question.")
         user_message, reply = await turns.aedit(self.owner, question, content)
@@ -231,10 +235,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         The reader following it sends ``done``; a client following nothing resumes.
         """
         if "message_id" in frame:
-            reply = await self._reply(frame["message_id"])
+            reply: Message | None = await self._reply(frame["message_id"])
         else:
             reply = await Message.objects.filter(
-                conversation_id=self.conversation_id, status=Status.STREAMING
+                conversation_id=self._this, status=Status.STREAMING
             ).afirst()
         if reply is None or reply.status != Status.STREAMING:
             return
@@ -277,12 +281,18 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             raise NotFound(_NO_CONVERSATION)
         return conversation
 
+    @property
+    def _this(self) -> uuid.UUID:
+        """The connection's conversation: connect() sets it before any frame is handled."""
+        assert self.conversation_id is not None
+        return self.conversation_id
+
     async def _reply(self, message_id: Any) -> Message:
         """An assistant reply of this connection's conversation, still the caller's."""
         assert self.owner is not None
         reply = await Message.objects.filter(
             self.owner.of("conversation__"),
-            conversation_id=self.conversation_id,
+            conversation_id=self._this,
             role=Role.ASSISTANT,
             pk=_uuid(message_id, _NO_REPLY),
         ).afirst()

@@ -246,7 +246,7 @@ class Ending:
             conversation_id=self.conversation_id,
             role=Role.ASSISTANT,
             model=self.model,
-            created_at=self.created_at,
+            created_at=self.created_at or fields["finished_at"],
             **fields,
         )
 

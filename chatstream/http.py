@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import SyncToAsync
 from django.http import JsonResponse, StreamingHttpResponse
@@ -31,7 +31,8 @@ class EventStreamResponse(StreamingHttpResponse):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         release_request_thread()
-        content = self.streaming_content
+        # Ours is async (wrapping middleware keeps it so under ASGI): it has aclose().
+        content = cast(AsyncGenerator[bytes, None], self.streaming_content)
         try:
             async for part in content:
                 yield part

@@ -30,9 +30,9 @@ class Price:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if prompt is None or completion is None:
             return None
-        cached = min(usage.get("cached_tokens") or 0, prompt)
-        reasoning = min(usage.get("reasoning_tokens") or 0, completion)
-        total = (
+        cached = min(int(usage.get("cached_tokens") or 0), int(prompt))
+        reasoning = min(int(usage.get("reasoning_tokens") or 0), int(completion))
+        total: Decimal = (
             (prompt - cached) * self.input
             + cached * self.cached_input
             + (completion - reasoning) * self.output
@@ -70,6 +70,6 @@ def price_for(model: str) -> Price | None:
 def cost_fields(price: Price | None, usage: Mapping[str, Any]) -> dict[str, Any]:
     """The row's ``cost`` and ``cost_currency`` for ``usage``; empty without a price."""
     cost = price.cost(usage) if price is not None else None
-    if cost is None:
+    if price is None or cost is None:
         return {}
     return {"cost": cost.quantize(Decimal("1e-8")), "cost_currency": price.currency}

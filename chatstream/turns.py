@@ -174,7 +174,7 @@ def _replace_reply(old: Message, assistant: Assistant | None, model: str, budget
     try:
         with transaction.atomic():
             Message.objects.filter(pk=old.pk).update(superseded=True)
-            question = Message.objects.get(pk=old.reply_to_id)
+            question = Message.objects.get(replies=old)
             reply = _new_reply(old.conversation_id, question, assistant, model)
             reply.previous_id = old.pk
             reply.save(force_insert=True)

@@ -124,7 +124,7 @@ else:
         "default": {
             "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
             # Per-owner limit counters live here: room for more than 300 owners.
-            "OPTIONS": {"MAX_ENTRIES": 20_000},
+            "OPTIONS": {"MAX_ENTRIES": 20_000},  # type: ignore[dict-item]  # Django takes ints
         }
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -9,7 +9,7 @@ leave the model generating, and its tokens paid for.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,7 @@ class Provider(abc.ABC):
     is_demo = False
 
     @abc.abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[Chunk, None]:
         """Yield chunks until the model finishes; raise ``UpstreamError`` on failure.
 
         Ending without a chunk that carries ``finish_reason`` means the reply was

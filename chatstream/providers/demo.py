@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from chatstream.providers.base import ChatRequest, Chunk, Provider, Usage
@@ -67,7 +67,7 @@ class DemoProvider(Provider):
 
     is_demo = True
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Chunk, None]:
         prompt = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
         tokens = _TOKEN.findall(demo_reply(prompt))
         truncated = request.max_tokens is not None and len(tokens) > request.max_tokens

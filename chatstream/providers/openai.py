@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -353,7 +353,7 @@ class OpenAIProvider(Provider):
         )
         return True
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Chunk, None]:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 response = await self._open(stack, request)
@@ -379,14 +379,14 @@ class OpenAIProvider(Provider):
                     raise _http_error(exc) from None
         raise UpstreamError("The model's server rejected the request.", code="upstream_bad_request")
 
-    async def _read(self, response: Any) -> AsyncIterator[Chunk]:
+    async def _read(self, response: Any) -> AsyncGenerator[Chunk, None]:
         async with contextlib.aclosing(_events(response.http_response.aiter_bytes())) as events:
             async for payload in events:
                 if chunk := parse_chunk(payload):
                     yield chunk
 
 
-async def _events(body: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+async def _events(body: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any], None]:
     """The JSON objects of an event stream's ``data:`` lines, until ``[DONE]`` or its end."""
     # Lines are split as bytes: "\n" never occurs inside a UTF-8 sequence, and
     # json.loads decodes UTF-8 itself, so the text and line decoders are skipped.
@@ -539,7 +539,7 @@ class OpenAIResponsesProvider(OpenAIProvider):
         responses = client.responses.with_streaming_response
         return responses.create(**rest, extra_body={"input": body["input"]})
 
-    async def _read(self, response: Any) -> AsyncIterator[Chunk]:
+    async def _read(self, response: Any) -> AsyncGenerator[Chunk, None]:
         body = response.http_response.aiter_bytes()
         async with contextlib.aclosing(_events(body)) as events:
             async for payload in events:

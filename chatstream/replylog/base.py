@@ -57,7 +57,7 @@ class LogRead:
         return "".join(part.text for part in self.parts)
 
 
-async def wait_done(future: asyncio.Future[None], timeout: float) -> bool:
+async def wait_done(future: asyncio.Future[Any], timeout: float) -> bool:
     """Whether ``future`` completed within ``timeout``; without ``wait_for``'s task per call."""
     if future.done() or timeout <= 0:
         return future.done()

@@ -90,17 +90,12 @@ class ReplyBuffer:
 
 def _runs(pieces: Any) -> list[Part]:
     """``(kind, text)`` pieces as parts, adjacent pieces of one kind joined, empty ones dropped."""
-    runs: list[Part] = []
-    pending: list[str] = []
-    kind: PartKind | None = None
-    for piece_kind, text in pieces:
+    runs: list[tuple[PartKind, list[str]]] = []
+    for kind, text in pieces:
         if not text:
             continue
-        if piece_kind != kind and pending:
-            runs.append(Part(kind, "".join(pending)))  # type: ignore[arg-type]
-            pending = []
-        kind = piece_kind
-        pending.append(text)
-    if pending:
-        runs.append(Part(kind, "".join(pending)))  # type: ignore[arg-type]
-    return runs
+        if runs and runs[-1][0] == kind:
+            runs[-1][1].append(text)  # joined once below: no quadratic concatenation
+        else:
+            runs.append((kind, [text]))
+    return [Part(kind, "".join(texts)) for kind, texts in runs]

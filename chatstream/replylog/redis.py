@@ -208,7 +208,7 @@ class _Writer(ReplyWriter):
     async def _write(
         self, parts: Any, end: int, final: Mapping[str, Any] | None, close: bool
     ) -> int:
-        args: list[Any] = [
+        args: list[str | int | float] = [
             self.token,
             self.log.channel,
             f"t:{self.reply_id}",
@@ -223,7 +223,7 @@ class _Writer(ReplyWriter):
         return int(await self.state.append(keys=self.keys, args=args))
 
     async def _rewrite(self) -> None:
-        args = [self.token, "", "", "", 0, 0, self.owner, _ORPHAN_TTL]
+        args: list[str | int | float] = [self.token, "", "", "", 0, 0, self.owner, _ORPHAN_TTL]
         if int(await self.state.rewrite(keys=self.keys, args=args)) == _LOST:
             self.fenced_out()
             raise LeaseLost()
@@ -397,7 +397,13 @@ class RedisReplyLog(ReplyLog):
         writer = _Writer(self, state, reply_id, "", uuid.uuid4().hex)
         writer.claimed = True
         # Long enough to finalise a row; a slower recovery is taken over, and fenced out.
-        args = [writer.token, WORKER, max(self._lease_ms, 30_000), 0, _ORPHAN_TTL]
+        args: list[str | int | float] = [
+            writer.token,
+            WORKER,
+            max(self._lease_ms, 30_000),
+            0,
+            _ORPHAN_TTL,
+        ]
         try:
             result = int(await state.claim(keys=writer.keys, args=args))
             if result == -2:
@@ -420,7 +426,8 @@ class RedisReplyLog(ReplyLog):
 
     async def worker(self, reply_id: str) -> str | None:
         try:
-            return await self._state.client.get(self.key("lease", reply_id))
+            worker = await self._state.client.get(self.key("lease", reply_id))
+            return None if worker is None else str(worker)
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
 
@@ -490,7 +497,7 @@ class RedisReplyLog(ReplyLog):
         if writer is not None:
             return writer.buffer.length
         try:
-            last = await self._state.client.xrevrange(self.key("reply", reply_id), count=1)
+            last: Any = await self._state.client.xrevrange(self.key("reply", reply_id), count=1)
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
         return int(last[0][1]["e"]) if last else None
@@ -517,10 +524,10 @@ class RedisReplyLog(ReplyLog):
         if writer is not None:
             return writer.owner
         try:
-            first = await self._state.client.xrange(self.key("reply", reply_id), count=1)
+            first: Any = await self._state.client.xrange(self.key("reply", reply_id), count=1)
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
-        return first[0][1].get("o", "") if first else None
+        return str(first[0][1].get("o", "")) if first else None
 
     async def read(self, reply_id: str, offset: int, timeout: float) -> LogRead | None:
         state = self._state
@@ -535,7 +542,7 @@ class RedisReplyLog(ReplyLog):
             if wake is None:
                 wake = state.waiters[reply_id] = asyncio.get_running_loop().create_future()
             cursor = self._cursors.pop((reply_id, offset), None)
-            entries = await client.xrange(key, min=f"({cursor}" if cursor else "-")
+            entries: Any = await client.xrange(key, min=f"({cursor}" if cursor else "-")
             if cursor is None and not entries:
                 return None
             if entries:
@@ -549,7 +556,8 @@ class RedisReplyLog(ReplyLog):
                     return self._assemble(reply_id, entries, offset)
             if not await client.exists(key):
                 return None
-            self._remember(reply_id, offset, cursor)
+            if cursor is not None:
+                self._remember(reply_id, offset, cursor)
             return LogRead((), offset)
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
@@ -660,7 +668,7 @@ class RedisReplyLog(ReplyLog):
             try:
                 keys = [key for w in writers for key in w.keys[2:0:-1]]  # lease, fence
                 tokens = [w.token for w in writers]
-                args = [WORKER, self._lease_ms, _ORPHAN_TTL, *tokens]
+                args: list[str | int | float] = [WORKER, self._lease_ms, _ORPHAN_TTL, *tokens]
                 held = await state.heartbeat_script(keys=keys, args=args)
                 for writer, holds in zip(writers, held, strict=True):
                     if not holds:
