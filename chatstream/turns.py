@@ -37,6 +37,7 @@ from chatstream.pricing import Price
 from chatstream.providers.base import ChatRequest
 from chatstream.providers.demo import DEMO_MODEL
 from chatstream.serializers import assistant_payload
+from chatstream.text import is_storable
 from chatstream.tokens import estimate_messages
 
 _TITLE_LENGTH = 60
@@ -97,6 +98,11 @@ def assistant_info(assistant: Assistant) -> dict[str, Any]:
 def _validate(content: str, settings: ChatstreamSettings) -> str:
     if not content.strip():
         raise BadRequest("The message is empty.", code="empty_content")
+    if not is_storable(content):
+        raise BadRequest(
+            "The message holds a character that cannot be stored (NUL, or a lone surrogate).",
+            code="invalid_content",
+        )
     if len(content) > settings.max_content_length:
         raise ContentTooLong(
             f"The message is {len(content)} characters long; "

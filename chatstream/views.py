@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from functools import wraps
 from typing import Any
 
@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError, connection, connections
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
 from django.urls import reverse
@@ -51,7 +51,7 @@ from chatstream.text import is_storable
 
 logger = logging.getLogger(__name__)
 
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -63,19 +63,24 @@ class _JsonCsrfCheck(CsrfViewMiddleware):
 _csrf = _JsonCsrfCheck(lambda request: HttpResponse())
 
 
+def _no_view(request: HttpRequest) -> HttpResponse:
+    """The CSRF check asks for the view it guards; ours only reads its csrf_exempt."""
+    return HttpResponse()
+
+
 def api_view(*methods: str) -> Callable[[View], View]:
     """JSON in, JSON out: method check, CSRF check, errors as ``{"error": ...}``."""
 
     def decorator(view: View) -> View:
         @wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             registry.ensure_sweeping()
             try:
                 if request.method not in methods:
                     raise MethodNotAllowed(list(methods))
                 if request.method not in _SAFE_METHODS:
                     _csrf.process_request(request)
-                    _csrf.process_view(request, None, (), {})
+                    _csrf.process_view(request, _no_view, (), {})
                 return await view(request, *args, **kwargs)
             except ChatstreamError as error:
                 return JsonErrorResponse(error)
@@ -123,7 +128,16 @@ def _string(data: Mapping[str, Any], key: str, *, max_length: int) -> str | None
         raise BadRequest(f"'{key}' must be a string.", code=f"invalid_{key}")
     if len(value) > max_length:
         raise BadRequest(f"'{key}' is longer than {max_length} characters.", code=f"invalid_{key}")
+    if not is_storable(value):
+        raise _unstorable(key)
     return value
+
+
+def _unstorable(key: str) -> BadRequest:
+    return BadRequest(
+        f"'{key}' holds a character that cannot be stored (NUL, or a lone surrogate).",
+        code="invalid_content",
+    )
 
 
 def _query(request: HttpRequest, key: str, *, max_length: int = 500) -> str:
@@ -424,7 +438,7 @@ async def _own_live_length(owner: Owner, reply_id: str, offset: int) -> int | No
 
 
 @api_view("GET")
-async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
+async def stream(request: HttpRequest, message_id: str) -> HttpResponseBase:
     owner = await aget_owner(request)
     reply_id = str(_uuid(message_id))
     offset = _resume_offset(request)
@@ -452,7 +466,7 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponse:
     return await _follow(reply_id, offset, length)
 
 
-async def _follow(reply_id: str, offset: int, length: int) -> HttpResponse:
+async def _follow(reply_id: str, offset: int, length: int) -> HttpResponseBase:
     if offset > length:
         raise InvalidOffset(f"The reply is only {length} characters long so far.")
     # The request's DB work is done: a stream may stay open for minutes, without a connection.

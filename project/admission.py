@@ -28,7 +28,11 @@ from chatstream import metrics
 
 Scope = dict[str, Any]
 
-_BYPASS = frozenset({"/metrics"})  # paths let in without a place
+# Let in without a place: probes and scrapes must answer during the very bursts they
+# watch (a load balancer that times out its health probe takes a healthy worker out),
+# and static files cost no database and no thread.
+_BYPASS = frozenset({"/metrics", "/api/health/"})
+_BYPASS_PREFIXES = ("/static/",)
 
 
 class _Places:
@@ -85,7 +89,13 @@ class AdmissionLimit:
         )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or self.limit <= 0 or scope.get("path") in _BYPASS:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or self.limit <= 0
+            or path in _BYPASS
+            or path.startswith(_BYPASS_PREFIXES)
+        ):
             return await self.app(scope, receive, send)
         loop = asyncio.get_running_loop()
         places = self._places.get(loop)

@@ -146,3 +146,19 @@ async def test_no_limit_and_websockets_pass_straight_through(limit: int, kind: s
 
 async def _ignore(message: dict[str, Any]) -> None:
     pass
+
+
+@pytest.mark.parametrize("path", ["/api/health/", "/static/chatstream/chat.js"])
+async def test_health_probes_and_static_files_never_wait_for_a_place(path: str) -> None:
+    inner = App()
+    app = AdmissionLimit(inner, 1)
+    held = asyncio.ensure_future(call(app, 0, path="/api/conversations/"))
+    waiting = asyncio.ensure_future(call(app, 1, path="/api/conversations/"))
+    await settle()
+    assert inner.order == [0]  # every place taken, one request queued
+    probe = asyncio.ensure_future(call(app, 2, path=path))
+    await settle()
+    assert inner.order == [0, 2] and not waiting.done()  # in past the queue
+    inner.release.set()
+    await asyncio.wait_for(asyncio.gather(held, waiting, probe), timeout=10)
+    assert inner.order == [0, 2, 1]

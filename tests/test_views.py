@@ -437,3 +437,23 @@ async def test_chat_page_of_someone_elses_conversation_is_404() -> None:
     assert f'data-conversation="{conversation}"'.encode() in mine.content
     assert mine["Content-Security-Policy"].startswith("default-src 'self'")
     assert theirs.status_code == missing.status_code == 404
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "lone \ud800 surrogate"])
+async def test_text_no_database_can_store_is_400_invalid_content_and_stores_nothing(
+    text: str,
+) -> None:
+    client = AsyncClient()
+    titled = await post(client, "/api/conversations/", {"title": text})
+    assert (titled.status_code, error_of(titled)) == (400, "invalid_content")
+    conversation = await new_conversation(client, title="kept")
+    sent = await post(client, f"/api/conversations/{conversation}/messages/", {"content": text})
+    assert (sent.status_code, error_of(sent)) == (400, "invalid_content")
+    renamed = await client.patch(
+        f"/api/conversations/{conversation}/",
+        json.dumps({"title": text}),
+        content_type="application/json",
+    )
+    assert (renamed.status_code, error_of(renamed)) == (400, "invalid_content")
+    assert [c.title async for c in Conversation.objects.all()] == ["kept"]
+    assert not await Message.objects.filter(conversation_id=conversation).aexists()
