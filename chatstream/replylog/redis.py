@@ -127,6 +127,21 @@ end
 return out
 """
 
+# A stop for a reply whose log has no lease (it ended, or its owner died) would only be
+# left behind: it is set for live replies, and for those whose log vanished (a restart).
+_STOP = """
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+# Readers in and out; the count goes away at zero, so none outlives its reply.
+_COUNT_READER = """
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) else redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return n
+"""
+
 _LOST, _VANISHED, _WRITTEN = -1, 0, 1  # and 2: the log had its final record already
 
 
@@ -327,6 +342,8 @@ class _LoopState:
         self.rewrite = self.client.register_script(_REWRITE)
         self.claim = self.client.register_script(_CLAIM)
         self.heartbeat_script = self.client.register_script(_HEARTBEAT)
+        self.stop_script = self.client.register_script(_STOP)
+        self.count_reader = self.client.register_script(_COUNT_READER)
         self.writers: dict[str, _Writer] = {}
         # Readers' wake-ups by reply; a future lives while some reader waits on it.
         self.waiters: weakref.WeakValueDictionary[str, asyncio.Future[None]] = (
@@ -434,12 +451,10 @@ class RedisReplyLog(ReplyLog):
     # --- anyone's side ----------------------------------------------------------
 
     async def request_stop(self, reply_id: str) -> None:
-        client = self._state.client
+        keys = [self.key(kind, reply_id) for kind in ("reply", "lease", "stop")]
+        args: list[str | int] = [max(60, int(self.ttl)), self.channel, f"s:{reply_id}"]
         try:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.set(self.key("stop", reply_id), "1", ex=max(60, int(self.ttl)))
-                pipe.publish(self.channel, f"s:{reply_id}")
-                await pipe.execute()
+            await self._state.stop_script(keys=keys, args=args)
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
 
@@ -452,11 +467,9 @@ class RedisReplyLog(ReplyLog):
     async def _count_reader(self, reply_id: str, delta: int) -> None:
         # A worker that dies leaves its readers counted: the reply then runs on, as
         # under the "continue" policy, which is the safe way to be wrong.
+        keys, args = [self.key("readers", reply_id)], [delta, _ORPHAN_TTL]
         try:
-            async with self._state.client.pipeline(transaction=True) as pipe:
-                pipe.incrby(self.key("readers", reply_id), delta)
-                pipe.expire(self.key("readers", reply_id), _ORPHAN_TTL)
-                await pipe.execute()
+            await self._state.count_reader(keys=keys, args=args)
         except RedisError as exc:
             raise ReplyLogUnavailable() from exc
 
