@@ -31,9 +31,11 @@ from pathlib import Path
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Scripts for ``manage.py shell -c``; tests/test_ending.py makes its orphans with them too.
 LEASE_TTL = 1.0
 
-_MAKE = """
+MAKE_ORPHANS = """
 from datetime import timedelta
 from django.utils import timezone
 from chatstream.models import Conversation, Message
@@ -43,7 +45,7 @@ Message.objects.bulk_create([Message(conversation=c, role="assistant", status="s
     content="checkpointed", created_at=old) for c in rows])
 """
 
-_HOLD = """
+HOLD_THEIR_LOGS = """
 import asyncio
 from chatstream.models import Message
 from chatstream.replylog import get_reply_log
@@ -82,11 +84,11 @@ def _manage(env: dict[str, str], *args: str) -> str:
 
 def _round(env: dict[str, str], orphans: int) -> float:
     _manage(env, "migrate", "-v0")
-    _manage(env, "shell", "-v0", "-c", _MAKE.format(n=orphans))
+    _manage(env, "shell", "-v0", "-c", MAKE_ORPHANS.format(n=orphans))
     text = "checkpointed"
     if "REDIS_URL" in env:
         holder = subprocess.Popen(
-            [sys.executable, "manage.py", "shell", "-v0", "-c", _HOLD],
+            [sys.executable, "manage.py", "shell", "-v0", "-c", HOLD_THEIR_LOGS],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

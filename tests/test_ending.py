@@ -24,6 +24,7 @@ from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
+from bench.recovery import HOLD_THEIR_LOGS, MAKE_ORPHANS
 from chatstream.generation import registry
 from chatstream.models import Conversation, Message, Role, Status
 from chatstream.providers.demo import demo_reply
@@ -233,17 +234,7 @@ ORPHANS = 500
 
 
 def _make_orphans(env: dict[str, str]) -> None:
-    script = (
-        "from datetime import timedelta\n"
-        "from django.utils import timezone\n"
-        "from chatstream.models import Conversation, Message\n"
-        f"conversations = Conversation.objects.bulk_create("
-        f"[Conversation(anonymous_owner='o') for _ in range({ORPHANS})])\n"
-        "old = timezone.now() - timedelta(minutes=5)\n"
-        "Message.objects.bulk_create([Message(conversation=c, role='assistant', "
-        "status='streaming', content='checkpointed', created_at=old) for c in conversations])\n"
-    )
-    _manage(env, "shell", "-v0", "-c", script)
+    _manage(env, "shell", "-v0", "-c", MAKE_ORPHANS.format(n=ORPHANS))
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
@@ -259,27 +250,10 @@ def _manage(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-_HOLD_LOGS = """
-import asyncio, sys
-from chatstream.models import Message
-from chatstream.replylog import get_reply_log
-ids = [str(pk) for pk in Message.objects.filter(status="streaming").values_list("pk", flat=True)]
-async def hold():
-    log = get_reply_log()
-    for reply_id in ids:
-        writer = await log.open(reply_id, "a:o")
-        await writer.append("checkpointed and more")
-    await asyncio.sleep(0.5)  # flushed
-    print("holding", flush=True)
-    await asyncio.sleep(600)
-asyncio.run(hold())
-"""
-
-
 def _kill_a_worker_holding_them(env: dict[str, str]) -> None:
     """A process that owns every orphan's log, killed as ``kill -9`` would."""
     worker = subprocess.Popen(
-        [sys.executable, "manage.py", "shell", "-v0", "-c", _HOLD_LOGS],
+        [sys.executable, "manage.py", "shell", "-v0", "-c", HOLD_THEIR_LOGS],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
