@@ -15,15 +15,17 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError, connection, connections
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
-from django.shortcuts import render
-from django.urls import reverse
+from django.shortcuts import render, resolve_url
+from django.urls import NoReverseMatch, reverse
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 
 from chatstream import export, listing, reading, sse, turns
@@ -189,6 +191,22 @@ def _started(user_message: Message, reply: Message) -> JsonResponse:
 # --- the page -----------------------------------------------------------------------
 
 
+def _account_links(request: HttpRequest) -> dict[str, str]:
+    """The host's sign-in URL (back to this page after) and sign-out URL, each "" when
+    the host mounts none: the page then offers no link rather than failing to render."""
+    try:
+        login = resolve_url(settings.LOGIN_URL)
+    except NoReverseMatch:
+        login = ""
+    else:
+        login = f"{login}?{urlencode({'next': request.get_full_path()})}"
+    try:
+        logout = reverse("logout")
+    except NoReverseMatch:
+        logout = ""
+    return {"login_url": login, "logout_url": logout}
+
+
 @ensure_csrf_cookie
 async def page(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
     user = await request.auser()
@@ -205,6 +223,9 @@ async def page(request: HttpRequest, conversation_id: uuid.UUID | None = None) -
             "conversation_id": str(conversation_id) if conversation_id else "",
             "can_chat": can_chat,
             "api_root": reverse("chatstream:conversations"),
+            # The template cannot read request.user: in an async view that is a sync query.
+            "user_name": user.get_username() if user.is_authenticated else "",
+            **_account_links(request),
         },
     )
     # Model output is untrusted: no inline script or style may run, nothing loads from

@@ -9,11 +9,13 @@ machine is small and shared.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1072,6 +1074,339 @@ def test_screenshots_of_thinking(
         screenshot(page, f"{name}-thought")
         thinking(page, message_id).locator("summary").click()
         screenshot(page, f"{name}-thought-open")
+        assert problems.unexpected() == []
+    finally:
+        context.close()
+
+
+# --- signing in and out, every conversation findable, edit, export, keys -------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def closed_server(
+    fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A second server where only people who are signed in may chat, with one user, ada."""
+    live = make_live_server(
+        "daphne", tmp_path_factory.mktemp("closed"), fake_openai, CHATSTREAM_ALLOW_ANONYMOUS="0"
+    )
+    live.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        f"User.objects.create_user('ada', password={PASSWORD!r})",
+    )
+    yield live
+    live.stop()
+
+
+def sign_in(page: Page, username: str = "ada", password: str = PASSWORD) -> None:
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type='submit']")
+
+
+def api_post(page: Page, site: LiveServer, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST as the page's own session, with its CSRF token."""
+    token = page.evaluate("document.getElementById('chat').dataset.csrfToken")
+    response = page.request.post(
+        site.url + path,
+        data=body,
+        headers={"X-CSRFToken": token, "Content-Type": "application/json"},
+    )
+    assert response.status == 201, response.text()
+    return response.json()
+
+
+def test_sign_in_to_chat_links_to_the_login_page_and_back_to_the_chat(
+    page: Page, closed_server: LiveServer
+) -> None:
+    conversation = closed_server.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        "from chatstream.models import Conversation; "
+        "print(Conversation.objects.create("
+        "owner=User.objects.get(username='ada'), title='Ada notes').id)",
+    ).split()[-1]  # after the shell's own line about its imports
+    page.goto(f"{closed_server.url}/c/{conversation}/")
+    link = page.locator(".notice a", has_text="Sign in to chat.")
+    assert page.locator("#composer").count() == 0
+    link.click()
+    page.wait_for_url(re.compile(r"/accounts/login/\?next="))
+    assert page.locator("h1").inner_text() == "Sign in"
+    sign_in(page)
+    page.wait_for_url(f"{closed_server.url}/c/{conversation}/")
+    page.wait_for_selector("#chat[data-ready='true']")
+    assert page.locator("#title").inner_text() == "Ada notes"
+    assert page.locator(".account-name").text_content() == "Signed in as ada"
+    assert page.is_visible("#content")
+    assert page.locator(".conversation-link").all_inner_texts() == ["Ada notes"]
+
+
+def test_sign_out_posts_to_the_logout_view_and_leaves_the_chat_closed(
+    page: Page, closed_server: LiveServer
+) -> None:
+    page.goto(f"{closed_server.url}/accounts/login/?next=/")
+    sign_in(page)
+    page.wait_for_url(f"{closed_server.url}/")
+    page.wait_for_selector("#chat[data-ready='true']")
+    form = page.locator("form.sign-out")
+    assert form.get_attribute("method") == "post"
+    assert form.get_attribute("action") == "/accounts/logout/"
+    assert form.locator("input[name='csrfmiddlewaretoken']").count() == 1
+    page.click("#sign-out")
+    page.wait_for_selector(".notice a >> text=Sign in to chat.")
+    assert page.url == f"{closed_server.url}/"
+    assert page.locator(".account-name").count() == 0
+    assert page.locator("#composer").count() == 0
+    # Signed out for real: the API refuses the next request.
+    response = page.request.get(f"{closed_server.url}/api/conversations/")
+    assert response.status == 403
+    assert response.json()["error"]["code"] == "not_authenticated"
+
+
+def test_sidebar_pages_past_fifty_conversations_when_scrolled_to_the_end(
+    page: Page, server: LiveServer
+) -> None:
+    open_page(page, server)
+    for i in range(55):
+        api_post(page, server, "/api/conversations/", {"title": f"paged {i:02}"})
+    page.reload()
+    page.wait_for_selector("#chat[data-ready='true']")
+    links = page.locator(".conversation-link")
+    assert links.count() == 50
+    assert page.is_visible("#more-conversations")
+    page.eval_on_selector("#conversation-scroll", "box => { box.scrollTop = box.scrollHeight; }")
+    until(page, "document.querySelectorAll('.conversation-link').length === 55")
+    assert page.is_hidden("#more-conversations")
+    assert links.all_inner_texts() == [f"paged {i:02}" for i in reversed(range(55))]
+    # A refresh (here: a rename) keeps every page that was shown.
+    item = page.locator(".conversation", has_text="paged 00")
+    item.locator(".rename").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("paged renamed")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".conversation-link >> text=paged renamed")
+    assert links.count() == 55
+
+
+def test_search_filters_as_you_type_and_highlights_the_words_safely(
+    page: Page, server: LiveServer
+) -> None:
+    open_page(page, server)
+    word = unique("zebra")
+    api_post(page, server, "/api/conversations/", {"title": "Holiday plans in Lisbon"})
+    api_post(page, server, "/api/conversations/", {"title": "<b>lisbon</b> & <img src=x>"})
+    api_post(page, server, "/api/conversations/", {"title": "Something else"})
+    noted = api_post(page, server, "/api/conversations/", {"title": "Trip notes"})
+    api_post(page, server, f"/api/conversations/{noted['id']}/messages/", {"content": word})
+    page.reload()
+    page.wait_for_selector("#chat[data-ready='true']")
+    until(page, "document.querySelectorAll('.conversation-link').length === 4")
+    searches: list[str] = []
+    page.on("request", lambda r: "q=" in r.url and searches.append(r.url))
+
+    page.click("#search")
+    page.keyboard.type("lisbon", delay=40)
+    until(page, "document.querySelectorAll('.conversation-link').length === 2")
+    assert len(searches) == 1, searches  # debounced: one request for six keys
+    assert page.locator(".conversation-link").all_inner_texts() == [
+        "<b>lisbon</b> & <img src=x>",
+        "Holiday plans in Lisbon",
+    ]
+    assert page.locator(".conversation-link mark").all_inner_texts() == ["lisbon", "Lisbon"]
+    # The title is text: its markup is shown, never parsed.
+    assert page.locator(".conversation-link b, .conversation-link img").count() == 0
+
+    page.fill("#search", word)  # found by the message's text, not the title
+    page.wait_for_selector(".conversation-link >> text=Trip notes")
+    until(page, "document.querySelectorAll('.conversation-link').length === 1")
+    page.fill("#search", "nothing-like-this-anywhere")
+    page.wait_for_selector("#no-matches:not([hidden])")
+    assert page.locator(".conversation-link").count() == 0
+    page.press("#search", "Escape")
+    until(page, "document.querySelectorAll('.conversation-link').length === 4")
+    assert page.locator(".conversation-link mark").count() == 0
+
+
+def start_editing_and_send(page: Page, text: str) -> str:
+    """Replace the text in the open edit box, send it; the new reply's message id."""
+    before = page.eval_on_selector_all("article.assistant", "els => els.map(e => e.id)")
+    page.fill(".edit-input", text)
+    page.press(".edit-input", "Enter")
+    page.wait_for_function(
+        "before => [...document.querySelectorAll('article.assistant')]"
+        ".some(e => !before.includes(e.id))",
+        arg=before,
+    )
+    return page.locator("article.assistant").last.get_attribute("id")[2:]
+
+
+def visible_text(page: Page, selector: str) -> str:
+    """The text of the body on show in an article: an earlier version's, or the current."""
+    return page.locator(selector).locator(":scope > .body:visible").inner_text()
+
+
+def test_edit_and_resend_streams_a_new_pair_and_the_switch_shows_the_old_one(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    first = fake_openai.script(unique("first question"), Script(["First ", "answer."]))
+    second = fake_openai.script(unique("second question"), Script(words(40, "new"), interval=0.03))
+    open_page(page, server)
+    old_reply = send(page, first)
+    wait_status(page, old_reply, "complete")
+    question = page.locator("article.user")
+    assert question.locator(".versions").is_hidden()
+    question.locator(".edit").click()
+    assert page.input_value(".edit-input") == first
+    assert question.locator("> .body").is_hidden()
+
+    new_reply = start_editing_and_send(page, second)
+    page.wait_for_selector(f"#m-{new_reply}.status-streaming")
+    assert page.locator(f"#m-{old_reply}").count() == 0  # in place of the old pair
+    wait_status(page, new_reply, "complete")
+    assert page.locator("article.user").count() == 1
+    assert page.locator("article.assistant").count() == 1
+    assert visible_text(page, "article.user") == second
+    assert stored(page, server, new_reply)["content"] == "".join(words(40, "new"))
+
+    switch = question.locator(".versions")
+    page.wait_for_selector("article.user .versions:visible")
+    assert switch.locator(".versions-label").inner_text() == "2/2"
+    assert switch.locator(".versions-next").is_disabled()
+    switch.locator(".versions-previous").click()
+    assert switch.locator(".versions-label").inner_text() == "1/2"
+    assert visible_text(page, "article.user") == first
+    assert visible_text(page, f"#m-{new_reply}") == "First answer."
+    assert question.locator(".edit").is_hidden()  # an earlier version is only shown
+    assert page.locator(f"#m-{new_reply} .regenerate").is_hidden()
+    switch.locator(".versions-next").click()
+    assert switch.locator(".versions-label").inner_text() == "2/2"
+    assert visible_text(page, "article.user") == second
+    assert visible_text(page, f"#m-{new_reply}").startswith("new0 new1")
+    # The same after a reload: the versions come from the server.
+    page.reload()
+    page.wait_for_selector("#chat[data-ready='true']")
+    page.wait_for_selector("article.user .versions:visible")
+    assert page.locator("article.user .versions-label").inner_text() == "2/2"
+
+
+def test_export_links_download_the_conversation_as_markdown_and_json(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    trigger = fake_openai.script(unique("export me"), Script(["Exported ", "**answer**."]))
+    open_page(page, server)
+    assert page.is_hidden("#export")  # nothing to export yet
+    message_id = send(page, trigger)
+    wait_status(page, message_id, "complete")
+    conversation = stored(page, server, message_id)["conversation"]
+
+    page.click("#export summary")
+    with page.expect_download() as markdown:
+        page.click("#export-md")
+    assert markdown.value.suggested_filename.endswith(".md")
+    text = Path(markdown.value.path()).read_text(encoding="utf-8")
+    assert text.startswith(f"# {trigger}\n")
+    assert trigger in text and "Exported **answer**." in text
+
+    page.click("#export summary")
+    with page.expect_download() as exported:
+        page.click("#export-json")
+    assert exported.value.suggested_filename.endswith(".json")
+    data = json.loads(Path(exported.value.path()).read_text(encoding="utf-8"))
+    shown = page.request.get(f"{server.url}/api/conversations/{conversation}/").json()
+    assert data == shown
+    assert [m["content"] for m in data["messages"]] == [trigger, "Exported **answer**."]
+
+
+def test_up_arrow_in_the_empty_message_box_edits_the_last_question(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    first = fake_openai.script(unique("arrow one"), Script(["one"]))
+    second = fake_openai.script(unique("arrow two"), Script(["two"]))
+    edited = fake_openai.script(unique("arrow edited"), Script(["edited"]))
+    open_page(page, server)
+    wait_status(page, send(page, first), "complete")
+    wait_status(page, send(page, second), "complete")
+    page.fill("#content", "a draft")
+    page.press("#content", "ArrowUp")  # not empty: the caret moves, nothing is edited
+    assert page.locator(".edit-input").count() == 0
+    page.fill("#content", "")
+    page.press("#content", "ArrowUp")
+    assert page.evaluate("document.activeElement.className") == "edit-input"
+    assert page.input_value(".edit-input") == second  # the last question, not the first
+    page.keyboard.press("Escape")  # leaves the box as it was
+    assert page.locator(".edit-input").count() == 0
+    assert visible_text(page, "article.user >> nth=1") == second
+    page.press("#content", "ArrowUp")
+    reply_id = start_editing_and_send(page, edited)
+    wait_status(page, reply_id, "complete")
+    assert page.locator("article.user .body:visible").all_inner_texts() == [first, edited]
+    assert stored(page, server, reply_id)["content"] == "edited"
+
+
+def test_escape_stops_a_streaming_reply(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    trigger = fake_openai.script(unique("escape"), Script(words(300), interval=0.05))
+    open_page(page, server)
+    message_id = send(page, trigger)
+    wait_typed(page, f"#m-{message_id} .body", 20)
+    page.click("#title")  # Escape works wherever the focus is, not only in the box
+    page.keyboard.press("Escape")
+    wait_status(page, message_id, "stopped")
+    assert stored(page, server, message_id)["status"] == "stopped"
+    assert fake_openai.wait_request(trigger).ended_event.wait(10)
+
+
+def test_the_tab_title_says_the_assistant_is_typing_while_a_reply_streams(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    trigger = fake_openai.script(unique("tab title"), Script(words(60), interval=0.04))
+    open_page(page, server)
+    assert page.title() == "chatstream"
+    message_id = send(page, trigger)
+    page.wait_for_function("title => document.title === title", arg="● Assistant is typing")
+    wait_status(page, message_id, "complete")
+    until(page, "!document.title.startsWith('●')")
+    assert page.title() == f"{page.locator('#title').inner_text()} · chatstream"
+
+
+@pytest.mark.parametrize(("name", "viewport", "scheme"), SCREENS)
+def test_screenshots_of_search_and_versions(
+    browser: Browser,
+    server: LiveServer,
+    fake_openai: FakeOpenAI,
+    problems: Problems,
+    name: str,
+    viewport: dict[str, int],
+    scheme: str,
+) -> None:
+    context = new_context(browser, viewport=viewport, color_scheme=scheme, reduced_motion="reduce")
+    page = context.new_page()
+    problems.watch(page)
+    try:
+        first = fake_openai.script(unique("Plan a trip to Lisbon"), Script(MARKDOWN_TOKENS[:4]))
+        second = fake_openai.script(unique("Plan a trip to Porto"), Script(MARKDOWN_TOKENS[:6]))
+        open_page(page, server)
+        for title in ["Lisbon restaurants", "Weekend in Lisbon", "Tax return", "Lisbon tram map"]:
+            api_post(page, server, "/api/conversations/", {"title": title})
+        wait_status(page, send(page, first), "complete")
+        page.locator("article.user .edit").click()
+        wait_status(page, start_editing_and_send(page, second), "complete")
+        page.wait_for_selector("article.user .versions:visible")
+        screenshot(page, f"{name}-versions")
+        page.locator("article.user .versions-previous").click()
+        screenshot(page, f"{name}-versions-old")
+        if viewport["width"] < 700:
+            page.click("#open-sidebar")
+            page.wait_for_selector("#search", state="visible")
+        page.fill("#search", "lisbon")
+        until(page, "document.querySelectorAll('.conversation-link mark').length === 4")
+        screenshot(page, f"{name}-search")
         assert problems.unexpected() == []
     finally:
         context.close()

@@ -28,6 +28,9 @@ const state = {
   // How long each reply watched on this page thought (ms), by id: the server does not
   // store it, and it is kept when another conversation is opened and this one again.
   thoughtFor: new Map(),
+  // The sidebar: the search as typed, the next page's cursor, how many pages are shown.
+  list: { query: "", next: null, pages: 0, token: 0, loading: false },
+  editing: null, // the question being edited: {article, finish}
 };
 
 // --- helpers ---------------------------------------------------------------------------
@@ -163,20 +166,33 @@ function lastAssistant() {
   return replies[replies.length - 1] || null;
 }
 
+function lastQuestion() {
+  const questions = thread.querySelectorAll("article.message.user");
+  return questions[questions.length - 1] || null;
+}
+
 function refreshActions() {
   const last = lastAssistant();
+  const busy = !!state.streaming || state.pending;
   for (const article of thread.querySelectorAll("article.message.assistant")) {
     const regen = article.querySelector(".regenerate");
     const retry = article.querySelector(".retry");
     const isLast = article === last;
-    const busy = !!state.streaming || state.pending;
-    if (regen) regen.hidden = !isLast || busy || article.dataset.status === "streaming";
-    if (retry) retry.hidden = !isLast || busy;
+    const old = !!article.dataset.viewing; // an earlier version is on show
+    if (regen) regen.hidden = !isLast || busy || old || article.dataset.status === "streaming";
+    if (retry) retry.hidden = !isLast || busy || old;
   }
+  const question = lastQuestion();
+  for (const article of thread.querySelectorAll("article.message.user")) {
+    const edit = article.querySelector(".edit");
+    if (edit) edit.hidden = article !== question || busy || !!article.dataset.viewing || !!state.editing;
+  }
+  updateDocumentTitle();
 }
 
 function setMeta(article, message) {
   article.dataset.status = message.status;
+  article.dataset.previous = message.previous || "";
   article.className = `message ${message.role} status-${message.status}`;
   if (message.role !== "assistant") return;
   const label = article.querySelector(".status-label");
@@ -232,12 +248,18 @@ function renderMessage(message, { before = null } = {}) {
         }, "Copy the reply"),
         button("Regenerate", "action regenerate", () => regenerate(article), "Regenerate the reply"),
       );
-      meta.append(label, connection, info, actions);
+      meta.append(versionSwitch(article), label, connection, info, actions);
       const problem = el("div", "inline-error");
       problem.setAttribute("role", "alert");
       problem.append(el("span", "inline-error-text"), button("Retry", "link-button retry", () => regenerate(article), "Retry the reply"));
       problem.hidden = true;
       article.append(problem, meta);
+    } else {
+      const meta = el("div", "meta question-meta");
+      const edit = button("Edit", "action edit", () => startEdit(article), "Edit your message and send it again");
+      edit.hidden = true;
+      meta.append(versionSwitch(article), edit);
+      article.append(meta);
     }
     thread.insertBefore(article, before);
   }
@@ -252,6 +274,7 @@ function renderMessage(message, { before = null } = {}) {
     body.textContent = message.content;
   }
   setMeta(article, message);
+  if (message.previous && article.dataset.versionsOf !== message.id) loadVersions(article, message);
   $("empty").hidden = true;
   return article;
 }
@@ -346,33 +369,340 @@ async function regenerate(article) {
   }
 }
 
+// --- versions: earlier questions (edits) and replies (regenerations) --------------------
+
+// Each article's versions as the server gave them, oldest first; the current one is last.
+const versionsOf = new WeakMap();
+
+function versionSwitch(article) {
+  const box = el("span", "versions");
+  box.setAttribute("role", "group");
+  box.setAttribute("aria-label", article.classList.contains("user") ? "Versions of your message" : "Versions of the reply");
+  const label = el("span", "versions-label");
+  box.append(
+    button("‹", "icon-button versions-previous", () => stepVersion(article, -1), "Previous version"),
+    label,
+    button("›", "icon-button versions-next", () => stepVersion(article, 1), "Next version"),
+  );
+  box.hidden = true;
+  return box;
+}
+
+async function loadVersions(article, message) {
+  article.dataset.versionsOf = message.id;
+  let versions;
+  try {
+    ({ versions } = await call("GET", `${api}messages/${message.id}/versions/`));
+  } catch {
+    return; // the switch is a convenience; the current version is shown anyway
+  }
+  if (!article.isConnected || article.dataset.versionsOf !== message.id) return;
+  versionsOf.set(article, { versions, index: versions.length - 1 });
+  showSwitch(article);
+}
+
+function showSwitch(article) {
+  const known = versionsOf.get(article);
+  const box = article.querySelector(".versions");
+  if (!known || known.versions.length < 2) {
+    box.hidden = true;
+    return;
+  }
+  const { versions, index } = known;
+  box.hidden = false;
+  box.querySelector(".versions-label").textContent = `${index + 1}/${versions.length}`;
+  box.querySelector(".versions-label").setAttribute("aria-label", `Version ${index + 1} of ${versions.length}`);
+  box.querySelector(".versions-previous").disabled = index === 0;
+  box.querySelector(".versions-next").disabled = index === versions.length - 1;
+}
+
+/** The reply shown under a question: the next article, if it is a reply. */
+function replyAfter(question) {
+  const next = question.nextElementSibling;
+  return next && next.matches("article.message.assistant") ? next : null;
+}
+
+/**
+ * Show an earlier version in place of the current one, without touching the current
+ * one's body: a reply may still be typing into it. `kind` says whose switch asked.
+ */
+function showOld(article, message, kind) {
+  let view = article.querySelector(":scope > .version-view");
+  if (!view) {
+    view = el("div", "version-view");
+    article.querySelector(":scope > .body").after(view);
+  }
+  if (article.classList.contains("user")) {
+    view.className = "version-view body";
+    view.textContent = message.content;
+  } else {
+    view.className = "version-view body cs-markdown";
+    view.replaceChildren(message ? toFragment(message.content) : el("p", "no-reply", "No reply."));
+  }
+  article.dataset.viewing = kind;
+}
+
+function showCurrent(article) {
+  article.querySelector(":scope > .version-view")?.remove();
+  delete article.dataset.viewing;
+}
+
+function stepVersion(article, step) {
+  const known = versionsOf.get(article);
+  if (!known) return;
+  const index = Math.min(Math.max(known.index + step, 0), known.versions.length - 1);
+  known.index = index;
+  const current = index === known.versions.length - 1;
+  const version = known.versions[index];
+  if (article.classList.contains("user")) {
+    const answer = replyAfter(article);
+    if (answer && versionsOf.get(answer)) {
+      versionsOf.get(answer).index = versionsOf.get(answer).versions.length - 1;
+      showSwitch(answer);
+    }
+    if (current) {
+      showCurrent(article);
+      if (answer) showCurrent(answer);
+    } else {
+      showOld(article, version, "own");
+      if (answer) showOld(answer, version.reply, "question");
+    }
+  } else if (current) {
+    showCurrent(article);
+  } else {
+    showOld(article, version, "own");
+  }
+  showSwitch(article);
+  refreshActions();
+  announce(`Version ${index + 1} of ${known.versions.length}`);
+}
+
+// --- edit and resend ---------------------------------------------------------------------
+
+/** The question's bubble becomes a box; sending it asks again, in place of the old pair. */
+function startEdit(article) {
+  if (state.editing || state.streaming || state.pending || article !== lastQuestion()) return;
+  if (article.dataset.viewing) stepVersion(article, Infinity); // edit the current text
+  const body = article.querySelector(":scope > .body");
+  const form = el("form", "edit-box");
+  form.noValidate = true;
+  const input = el("textarea", "edit-input");
+  input.value = article.dataset.raw || body.textContent;
+  input.rows = 1;
+  input.setAttribute("aria-label", "Edit your message");
+  const row = el("div", "edit-actions");
+  const cancel = button("Cancel", "edit-cancel", () => finish());
+  const save = el("button", "edit-send", "Send");
+  save.type = "submit";
+  row.append(cancel, save);
+  form.append(input, row);
+  body.hidden = true;
+  body.after(form);
+  article.classList.add("editing");
+  const fit = () => {
+    input.style.height = "auto";
+    input.style.height = `${Math.min(input.scrollHeight + 2, window.innerHeight * 0.5)}px`;
+  };
+  const finish = ({ focus = true } = {}) => {
+    form.remove();
+    body.hidden = false;
+    article.classList.remove("editing");
+    state.editing = null;
+    refreshActions();
+    if (focus) $("content")?.focus();
+  };
+  state.editing = { article, finish };
+  refreshActions();
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    resend(article, input.value, finish);
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      finish();
+    }
+  });
+  input.addEventListener("input", fit);
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+  fit();
+}
+
+async function resend(article, content, finish) {
+  if (!content.trim() || state.streaming || state.pending) return;
+  hideComposerError();
+  setPending(true);
+  let started;
+  try {
+    started = await call("POST", `${api}messages/${article.id.slice(2)}/edit/`, { content });
+  } catch (error) {
+    setPending(false);
+    showComposerError(`Could not send the edit: ${error.message}`);
+    return;
+  }
+  finish({ focus: false });
+  // The old pair stays on the server as a version; here the new pair takes its place.
+  let node = article;
+  while (node) {
+    const next = node.nextElementSibling;
+    node.remove();
+    node = next;
+  }
+  renderMessage(started.user_message);
+  state.stick = true;
+  setPending(false);
+  attach(started.assistant_message, started.stream_url);
+  loadConversations();
+  $("content")?.focus();
+}
+
 // --- conversations ---------------------------------------------------------------------
 
 function setTitle(title) {
   state.title = title || "";
   $("title").textContent = state.title || "New chat";
-  document.title = state.title ? `${state.title} · chatstream` : "chatstream";
+  updateDocumentTitle();
+  const exporting = $("export");
+  if (exporting) {
+    exporting.hidden = !state.conversation;
+    exporting.open = false;
+    if (state.conversation) {
+      const base = `${api}conversations/${state.conversation}/export/`;
+      $("export-md").href = `${base}?format=md`;
+      $("export-json").href = `${base}?format=json`;
+    }
+  }
 }
 
-async function loadConversations() {
-  let conversations;
+/** The tab says when a reply is being typed, so a reader in another tab can tell. */
+function updateDocumentTitle() {
+  if (state.streaming) {
+    const chosen = state.assistants.find((a) => a.slug === $("assistant").value);
+    document.title = `● ${chosen ? chosen.name : "Assistant"} is typing`;
+  } else {
+    document.title = state.title ? `${state.title} · chatstream` : "chatstream";
+  }
+}
+
+function listUrl(query, cursor) {
+  const params = new URLSearchParams();
+  if (query) params.set("q", query);
+  if (cursor) params.set("cursor", cursor);
+  const text = params.toString();
+  return text ? `${apiConversations}?${text}` : apiConversations;
+}
+
+/**
+ * (Re)load the sidebar for the current search: as many pages as were shown, so a
+ * refresh after a reply does not drop what the reader had scrolled to. A newer load
+ * or search wins over one still on its way.
+ */
+async function loadConversations({ pages = Math.max(state.list.pages, 1) } = {}) {
+  const token = ++state.list.token;
+  const query = state.list.query;
+  const found = [];
+  let cursor = null;
+  let loaded = 0;
   try {
-    ({ conversations } = await call("GET", apiConversations));
+    do {
+      const data = await call("GET", listUrl(query, cursor));
+      if (token !== state.list.token) return;
+      found.push(...data.conversations);
+      cursor = data.next;
+      loaded++;
+    } while (cursor && loaded < pages);
   } catch {
+    if (token === state.list.token) state.list.loading = false;
     return; // the list is a convenience; the open conversation still works
   }
-  const list = $("conversations");
-  list.replaceChildren(...conversations.map(conversationItem));
-  $("no-conversations").hidden = conversations.length > 0;
-  const current = conversations.find((c) => c.id === state.conversation);
+  const seen = new Set();
+  const unique = found.filter((c) => !seen.has(c.id) && seen.add(c.id));
+  $("conversations").replaceChildren(...unique.map(conversationItem));
+  showListState(unique.length, cursor, loaded);
+  const current = unique.find((c) => c.id === state.conversation);
   if (current && current.title !== state.title) setTitle(current.title);
+}
+
+function showListState(count, cursor, pages) {
+  state.list.next = cursor;
+  state.list.pages = pages;
+  state.list.loading = false;
+  $("conversations").setAttribute("aria-busy", "false");
+  $("no-conversations").hidden = count > 0 || !!state.list.query;
+  $("no-matches").hidden = count > 0 || !state.list.query;
+  $("more-conversations").hidden = !cursor;
+}
+
+/** The next page, at the end of the list: no conversation is ever out of reach. */
+async function loadMoreConversations() {
+  if (!state.list.next || state.list.loading) return;
+  state.list.loading = true;
+  $("conversations").setAttribute("aria-busy", "true");
+  const token = state.list.token;
+  let data;
+  try {
+    data = await call("GET", listUrl(state.list.query, state.list.next));
+  } catch (error) {
+    state.list.loading = false;
+    $("conversations").setAttribute("aria-busy", "false");
+    announce(`Could not load more chats: ${error.message}`);
+    return;
+  }
+  if (token !== state.list.token) return; // a search or refresh replaced the list
+  const list = $("conversations");
+  const shown = new Set([...list.children].map((li) => li.dataset.id));
+  list.append(...data.conversations.filter((c) => !shown.has(c.id)).map(conversationItem));
+  showListState(list.children.length, data.next, state.list.pages + 1);
+}
+
+/** The words of a search, for highlighting: matched case-insensitively in a title. */
+function searchTerms(query) {
+  return query.toLowerCase().split(/\s+/).filter(Boolean);
+}
+
+/**
+ * The title as text nodes with each searched word in a <mark>. Built from DOM nodes,
+ * never markup: a title is whatever a person (or a model) typed.
+ */
+function highlighted(title, query) {
+  const terms = searchTerms(query);
+  const fragment = document.createDocumentFragment();
+  if (!terms.length) {
+    fragment.append(title);
+    return fragment;
+  }
+  const lower = title.toLowerCase();
+  let at = 0;
+  while (at < title.length) {
+    let start = -1;
+    let length = 0;
+    for (const term of terms) {
+      const found = lower.indexOf(term, at);
+      if (found !== -1 && (start === -1 || found < start || (found === start && term.length > length))) {
+        start = found;
+        length = term.length;
+      }
+    }
+    if (start === -1) break;
+    if (start > at) fragment.append(title.slice(at, start));
+    fragment.append(el("mark", null, title.slice(start, start + length)));
+    at = start + length;
+  }
+  if (at < title.length) fragment.append(title.slice(at));
+  return fragment;
 }
 
 function conversationItem(conversation) {
   const li = el("li", "conversation");
   li.dataset.id = conversation.id;
   const title = conversation.title || "New chat";
-  const link = el("a", "conversation-link", title);
+  const link = el("a", "conversation-link");
+  link.append(highlighted(title, state.list.query));
   link.href = conversationUrl(conversation.id);
   link.title = title;
   if (conversation.id === state.conversation) link.setAttribute("aria-current", "page");
@@ -467,6 +797,7 @@ function markCurrent() {
 }
 
 function clearThread() {
+  state.editing = null;
   for (const node of [...thread.children]) if (node.id !== "empty") node.remove();
   $("empty").hidden = false;
 }
@@ -503,6 +834,7 @@ async function openConversation(id) {
     const notice = el("p", "thread-notice", error.status === 404 ? "This conversation does not exist, or it is not yours." : error.message);
     thread.append(notice);
     state.conversation = null;
+    setTitle(state.title);
     return;
   }
   if (token !== state.loadToken) return; // another conversation was opened meanwhile
@@ -601,6 +933,7 @@ async function send() {
       state.conversation = created.id;
       state.loadToken++;
       history.pushState(null, "", conversationUrl(created.id));
+      setTitle(created.title);
     }
     const started = await call("POST", `${api}conversations/${state.conversation}/messages/`, { content });
     input.value = "";
@@ -651,9 +984,43 @@ async function main() {
   $("close-sidebar").addEventListener("click", () => { closeSidebar(); $("open-sidebar").focus(); });
   $("scrim").addEventListener("click", closeSidebar);
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && root.classList.contains("sidebar-open")) closeSidebar();
+    if (event.key !== "Escape") return;
+    if (root.classList.contains("sidebar-open")) closeSidebar();
+    else if ($("export")?.open) { $("export").open = false; $("export").querySelector("summary").focus(); }
+    else if (state.streaming && !event.defaultPrevented) { event.preventDefault(); stop(); }
+  });
+  document.addEventListener("click", (event) => {
+    // The export menu closes on a click outside it, and once a download is chosen.
+    const exporting = $("export");
+    if (exporting?.open && (!exporting.contains(event.target) || event.target.closest(".export-menu a"))) {
+      exporting.open = false;
+    }
   });
   if (root.dataset.canChat !== "true") return;
+  const search = $("search");
+  let searchTimer = null;
+  search.addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => {
+      const query = search.value.trim();
+      if (query === state.list.query) return;
+      state.list.query = query;
+      loadConversations({ pages: 1 });
+    }, 250);
+  });
+  search.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && search.value) {
+      event.preventDefault();
+      event.stopPropagation();
+      search.value = "";
+      search.dispatchEvent(new Event("input"));
+    }
+  });
+  $("more-conversations").addEventListener("click", loadMoreConversations);
+  // Scrolling to the end of the list loads the next page; the button stays for keyboards.
+  new IntersectionObserver((entries) => {
+    if (entries.some((entry) => entry.isIntersecting)) loadMoreConversations();
+  }, { root: $("conversation-scroll") }).observe($("more-conversations"));
   $("new-chat").addEventListener("click", () => newChat());
   const composer = $("composer");
   const input = $("content");
@@ -665,6 +1032,12 @@ async function main() {
     } else if (event.key === "Escape" && state.streaming) {
       event.preventDefault();
       stop();
+    } else if (event.key === "ArrowUp" && !input.value && !event.shiftKey && !event.altKey && !event.metaKey && !event.ctrlKey) {
+      const question = lastQuestion();
+      if (question && !question.querySelector(".edit").hidden) {
+        event.preventDefault();
+        startEdit(question);
+      }
     }
   });
   input.addEventListener("input", autosize);
