@@ -1137,6 +1137,7 @@ def test_sign_in_to_chat_links_to_the_login_page_and_back_to_the_chat(
     link.click()
     page.wait_for_url(re.compile(r"/accounts/login/\?next="))
     assert page.locator("h1").inner_text() == "Sign in"
+    screenshot(page, "desktop-light-sign-in")
     sign_in(page)
     page.wait_for_url(f"{closed_server.url}/c/{conversation}/")
     page.wait_for_selector("#chat[data-ready='true']")
@@ -1144,6 +1145,7 @@ def test_sign_in_to_chat_links_to_the_login_page_and_back_to_the_chat(
     assert page.locator(".account-name").text_content() == "Signed in as ada"
     assert page.is_visible("#content")
     assert page.locator(".conversation-link").all_inner_texts() == ["Ada notes"]
+    screenshot(page, "desktop-light-signed-in")
 
 
 def test_sign_out_posts_to_the_logout_view_and_leaves_the_chat_closed(
