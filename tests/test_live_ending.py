@@ -63,15 +63,17 @@ def test_a_worker_recovers_orphans_at_start_up_beside_its_first_request(
         conversation = client.conversation()["id"]
     server.stop()
     # A reply its dead process left streaming, long ago.
+    reply_id = server.manage(
+        "shell",
+        "-v0",
+        "-c",
+        "from datetime import timedelta; from django.utils import timezone; "
+        "from chatstream.models import Message; "
+        f"print(Message.objects.create(conversation_id={conversation!r}, role='assistant', "
+        "status='streaming', content='half a reply', "
+        "created_at=timezone.now() - timedelta(minutes=5)).pk)",
+    ).strip()
     database = sqlite3.connect(server.workdir / "db.sqlite3", isolation_level=None)
-    reply_id = "0b7d1f6e-4b3a-4a5e-9f1c-2d3e4f5a6b7c"
-    database.execute(
-        "INSERT INTO chatstream_message (id, conversation_id, role, content, reasoning, status, "
-        "superseded, model, finish_reason, usage_estimated, error_code, error_message, "
-        "created_at) VALUES (?, ?, 'assistant', 'half a reply', '', 'streaming', 0, '', '', 0, "
-        "'', '', datetime('now', '-5 minutes'))",
-        (reply_id.replace("-", ""), conversation.replace("-", "")),
-    )
     server.start()
     with server.client() as client:
         assert client.call("GET", "/api/assistants/").status_code == 200

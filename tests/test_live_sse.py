@@ -252,7 +252,10 @@ def test_another_session_gets_404_for_everything(
             response = stranger.call(method, path, body)
             assert response.status_code == 404, (method, path)
             assert response.json()["error"]["code"] == "not_found"
-        assert stranger.call("GET", "/api/conversations/").json() == {"conversations": []}
+        assert stranger.call("GET", "/api/conversations/").json() == {
+            "conversations": [],
+            "next": None,
+        }
         assert message(owner, reply)["status"] == "streaming"
         owner.call("POST", f"/api/messages/{reply}/stop/")
 
