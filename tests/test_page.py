@@ -655,11 +655,9 @@ def test_autoscroll_follows_until_the_reader_scrolls_up(
         context.close()
 
 
-def test_embedded_typewriter_types_any_reply_on_another_page(
-    page: Page, server: LiveServer, fake_openai: FakeOpenAI
-) -> None:
-    tokens = ["Embedded **typewriter** ", *words(40), "done."]
-    trigger = fake_openai.script(unique("embed"), Script(tokens, interval=0.04))
+def open_host_page(page: Page, server: LiveServer, trigger: str) -> dict[str, Any]:
+    """Start a reply through the API, then open another project's page that types it out:
+    only the template tags, under the same strict CSP. Returns the 201's body."""
     open_page(page, server)
     token = page.evaluate("document.getElementById('chat').dataset.csrfToken")
     headers = {"X-CSRFToken": token, "Content-Type": "application/json"}
@@ -669,7 +667,6 @@ def test_embedded_typewriter_types_any_reply_on_another_page(
         data={"content": trigger},
         headers=headers,
     ).json()
-    # Another project's page: only the template tags, under the same strict CSP.
     html = Template(
         "{% load chatstream %}<!doctype html><html><head><link rel='icon' href='data:,'>"
         "{% chatstream_assets %}</head><body><h1>Host page</h1>"
@@ -686,6 +683,15 @@ def test_embedded_typewriter_types_any_reply_on_another_page(
         ),
     )
     page.goto(f"{server.url}/host-page/")
+    return started
+
+
+def test_embedded_typewriter_types_any_reply_on_another_page(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    tokens = ["Embedded **typewriter** ", *words(40), "done."]
+    trigger = fake_openai.script(unique("embed"), Script(tokens, interval=0.04))
+    started = open_host_page(page, server, trigger)
     box = page.locator(".chatstream-typewriter")
     wait_typed(page, ".chatstream-typewriter", 10)
     assert box.get_attribute("data-status") is None  # still typing
@@ -966,31 +972,7 @@ def test_embedded_typewriter_shows_the_reasoning_too(
     trigger = fake_openai.script(
         unique("embed-think"), Script(tokens, reasoning=thought, interval=0.04)
     )
-    open_page(page, server)
-    token = page.evaluate("document.getElementById('chat').dataset.csrfToken")
-    headers = {"X-CSRFToken": token, "Content-Type": "application/json"}
-    created = page.request.post(f"{server.url}/api/conversations/", data={}, headers=headers)
-    started = page.request.post(
-        f"{server.url}/api/conversations/{created.json()['id']}/messages/",
-        data={"content": trigger},
-        headers=headers,
-    ).json()
-    html = Template(
-        "{% load chatstream %}<!doctype html><html><head><link rel='icon' href='data:,'>"
-        "{% chatstream_assets %}</head><body><h1>Host page</h1>"
-        "{% chatstream_typewriter url %}</body></html>"
-    ).render(Context({"url": started["stream_url"]}))
-    page.route(
-        f"{server.url}/host-page/",
-        lambda route: route.fulfill(
-            body=html,
-            content_type="text/html; charset=utf-8",
-            headers={
-                "Content-Security-Policy": "default-src 'self'; img-src data:; script-src 'self'"
-            },
-        ),
-    )
-    page.goto(f"{server.url}/host-page/")
+    started = open_host_page(page, server, trigger)
     block = page.locator(".chatstream-typewriter > .cs-thinking")
     page.wait_for_selector(".chatstream-typewriter > .cs-thinking[open][data-state='thinking']")
     wait_typed(page, ".cs-thinking-body", 10)
