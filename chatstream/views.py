@@ -177,15 +177,21 @@ async def _message(owner: Owner, message_id: str) -> Message:
         raise NotFound("No such message.") from None
 
 
-def _started(user_message: Message, reply: Message) -> JsonResponse:
-    return JsonResponse(
-        {
-            "user_message": message_payload(user_message),
-            "assistant_message": message_payload(reply),
-            "stream_url": reverse("chatstream:stream", args=[reply.id]),
-        },
-        status=201,
-    )
+async def _started(request: HttpRequest, user_message: Message, reply: Message) -> HttpResponseBase:
+    """The 201 with both messages, or, for a client that asks for an event stream, the
+    reply's stream itself: one request per reply (``started``, then what ``stream_url``
+    would send from offset 0)."""
+    started = {
+        "user_message": message_payload(user_message),
+        "assistant_message": message_payload(reply),
+        "stream_url": reverse("chatstream:stream", args=[reply.id]),
+    }
+    if "text/event-stream" not in request.headers.get("Accept", ""):
+        return JsonResponse(started, status=201)
+    request.META.pop("HTTP_ACCEPT_ENCODING", None)  # never compressed: see stream()
+    await sync_to_async(connections.close_all)()  # the request's DB work is done
+    first = sse.encode_json(started, event="started")
+    return EventStreamResponse(_events(reading.follow(str(reply.pk), 0), first=first))
 
 
 # --- the page -----------------------------------------------------------------------
@@ -316,7 +322,7 @@ async def assistants(request: HttpRequest) -> HttpResponse:
 
 
 @api_view("POST")
-async def messages(request: HttpRequest, conversation_id: str) -> HttpResponse:
+async def messages(request: HttpRequest, conversation_id: str) -> HttpResponseBase:
     owner = await aget_owner(request)
     conversation = await _conversation(owner, conversation_id)
     data = _body(request)
@@ -324,28 +330,28 @@ async def messages(request: HttpRequest, conversation_id: str) -> HttpResponse:
     if not isinstance(content, str):
         raise BadRequest("'content' must be a string.", code="invalid_content")
     user_message, reply = await turns.astart_reply(owner, conversation, content)
-    return _started(user_message, reply)
+    return await _started(request, user_message, reply)
 
 
 @api_view("POST")
-async def regenerate(request: HttpRequest, message_id: str) -> HttpResponse:
+async def regenerate(request: HttpRequest, message_id: str) -> HttpResponseBase:
     owner = await aget_owner(request)
     message = await _message(owner, message_id)
     if message.role != Role.ASSISTANT:
         raise Conflict("Only an assistant reply can be regenerated.", code="not_a_reply")
     user_message, reply = await turns.aregenerate(owner, message)
-    return _started(user_message, reply)
+    return await _started(request, user_message, reply)
 
 
 @api_view("POST")
-async def edit(request: HttpRequest, message_id: str) -> HttpResponse:
+async def edit(request: HttpRequest, message_id: str) -> HttpResponseBase:
     owner = await aget_owner(request)
     question = await _message(owner, message_id)
     content = _body(request).get("content")
     if not isinstance(content, str):
         raise BadRequest("'content' must be a string.", code="invalid_content")
     user_message, reply = await turns.aedit(owner, question, content)
-    return _started(user_message, reply)
+    return await _started(request, user_message, reply)
 
 
 @api_view("GET")
@@ -419,8 +425,10 @@ def _encode(item: reading.Item) -> list[bytes]:
     return [sse.comment("keepalive")]
 
 
-async def _events(items: AsyncGenerator[reading.Item, None]) -> AsyncGenerator[bytes, None]:
-    yield sse.retry(get_settings().retry_ms)
+async def _events(
+    items: AsyncGenerator[reading.Item, None], first: bytes = b""
+) -> AsyncGenerator[bytes, None]:
+    yield sse.retry(get_settings().retry_ms) + first
     try:
         async with contextlib.aclosing(items):
             async for item in items:

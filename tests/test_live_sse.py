@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ import pytest
 
 from tests.conftest import LiveServer
 from tests.fake_openai import FakeOpenAI, Script
-from tests.sse_client import ApiClient, Event
+from tests.sse_client import ApiClient, Event, parse_events
 
 TEXT_TOKENS = ["Hé", "llo ", "世界", " 👩‍👩‍👧", " and ", "🇺🇳", "!"]
 
@@ -342,3 +343,28 @@ def test_an_open_stream_keeps_no_thread_of_its_own(
             events.close()
         for client in clients:
             client.close()
+
+
+def test_one_request_per_reply_streams_from_the_post(
+    asgi_server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    tokens = ["one ", "request, ", "whole ", "reply"]
+    trigger = fake_openai.script(unique("single"), Script(tokens=tokens, interval=0.02))
+    with asgi_server.client() as client:
+        conversation = client.conversation()["id"]
+        headers = {
+            "X-CSRFToken": client.csrf(),
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
+        with client.http.stream(
+            "POST",
+            f"/api/conversations/{conversation}/messages/",
+            content=json.dumps({"content": trigger}),
+            headers=headers,
+        ) as response:
+            assert response.status_code == 200
+            events = list(parse_events(response.iter_lines()))
+    assert events[0].event == "started"
+    assert text_of(events) == "".join(tokens)
+    assert (events[-1].event, events[-1].data["status"]) == ("done", "complete")

@@ -457,3 +457,36 @@ async def test_text_no_database_can_store_is_400_invalid_content_and_stores_noth
     assert (renamed.status_code, error_of(renamed)) == (400, "invalid_content")
     assert [c.title async for c in Conversation.objects.all()] == ["kept"]
     assert not await Message.objects.filter(conversation_id=conversation).aexists()
+
+
+async def test_one_request_per_reply_when_the_client_asks_for_an_event_stream() -> None:
+    client = AsyncClient()
+    conversation = await new_conversation(client)
+    response = await post(
+        client,
+        f"/api/conversations/{conversation}/messages/",
+        {"content": "hello"},
+        headers={"Accept": "text/event-stream"},
+    )
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream; charset=utf-8"
+    body = b"".join([part async for part in response.streaming_content]).decode()
+    events = list(parse_events(iter(body.split("\n"))))
+    started = events[0]
+    assert started.event == "started"
+    assert set(started.data) == {"user_message", "assistant_message", "stream_url"}
+    assert "".join(e.data["text"] for e in events if e.event == "delta") == demo_reply("hello")
+    assert events[-1].event == "done" and events[-1].id == len(demo_reply("hello"))
+    # Exactly what GET stream_url sends from offset 0, after the started event.
+    _, again = await stream_text(client, started.data["stream_url"])
+    assert [(e.event, e.id, e.data) for e in events[1:]] == [
+        (e.event, e.id, e.data) for e in again
+    ]
+    # Refusals stay JSON with their status.
+    busy = await post(
+        client,
+        f"/api/conversations/{conversation}/messages/",
+        {"content": " "},
+        headers={"Accept": "text/event-stream"},
+    )
+    assert (busy.status_code, error_of(busy)) == (400, "empty_content")
