@@ -38,7 +38,7 @@ class Owner:
 
 @dataclass
 class StreamResult:
-    started: float = 0.0  # monotonic time the POST (or baseline GET) was sent
+    started: float = 0.0  # monotonic time the request was sent
     first: float | None = None  # monotonic time of the first delta
     ended: float | None = None  # monotonic time of ``done``
     deltas: int = 0
@@ -198,6 +198,9 @@ class _Events:
                     result.gaps.append(now - self.last)
                 self.last = now
                 result.deltas += 1
+            elif kind == "started":
+                payload = json.loads(b"\n".join(data_lines))
+                result.message_id = payload["assistant_message"]["id"]
             elif kind == "done":
                 payload = json.loads(b"\n".join(data_lines))
                 result.status = payload.get("status")
@@ -206,9 +209,17 @@ class _Events:
             elif kind == "error":
                 raise ProtocolError(f"error event: {b''.join(data_lines)[:200]!r}")
 
+    def check_complete(self) -> None:
+        if not self.done:
+            raise ProtocolError("the stream ended without done")
+        if self.text_length != len(self.expected):
+            raise ProtocolError(f"got {self.text_length} of {len(self.expected)} characters")
+        if self.result.status != "complete":
+            raise ProtocolError(f"done says {self.result.status!r}")
+
 
 class Target:
-    """Where streams go: chatstream (POST, then the stream) or the baseline (one GET)."""
+    """Where streams go: chatstream (a POST that streams, as the page sends) or the baseline."""
 
     def __init__(self, port: int, variant: str) -> None:
         self.port = port
@@ -254,9 +265,10 @@ class Target:
         text = prompt(count, rate, delay)
         connection = await _Connection.open(self.port, receive_buffer=None if read else 4096)
         try:
+            events = _Events(result, expected_text(count))
             if self.chatstream:
+                # The page's one request: the POST answers with the reply's stream.
                 assert owner is not None
-                body = json.dumps({"content": text}).encode()
                 connection.send(
                     "POST",
                     f"/api/conversations/{owner.conversation}/messages/",
@@ -264,38 +276,32 @@ class Target:
                         "Cookie": owner.cookie,
                         "X-CSRFToken": owner.csrf,
                         "Content-Type": "application/json",
+                        "Accept": "text/event-stream",
                     },
-                    body,
+                    json.dumps({"content": text}).encode(),
                 )
-                status, headers = await connection.head()
-                payload = json.loads(await connection.body(headers))
-                if status != 201:
-                    raise ProtocolError(f"POST answered {status}: {str(payload)[:200]}")
-                result.message_id = payload["assistant_message"]["id"]
-                path, cookie = payload["stream_url"], owner.cookie
             else:
-                path, cookie = f"/bench/baseline/?prompt={quote(text)}", ""
-            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-            if cookie:
-                headers["Cookie"] = cookie
-            connection.send("GET", path, headers)
-            if not read:
+                path = f"/bench/baseline/?prompt={quote(text)}"
+                connection.send("GET", path, {"Accept": "text/event-stream"})
+            await self._events(connection, events, until_started=not read)
+            if not read:  # the reply's id is known: stop reading, then hang up
                 await asyncio.sleep(hold)
-                result.error = None
                 return
-            await self._events(connection, result, expected_text(count))
+            events.check_complete()
         finally:
             await connection.close()
 
-    async def _events(self, connection: _Connection, result: StreamResult, expected: str) -> None:
+    async def _events(
+        self, connection: _Connection, events: _Events, *, until_started: bool = False
+    ) -> None:
         status, headers = await connection.head()
         if status != 200:
-            raise ProtocolError(f"stream answered {status}")
+            body = await connection.body(headers) if "content-length" in headers else b""
+            raise ProtocolError(f"answered {status}: {body[:200]!r}")
         if "text/event-stream" not in headers.get("content-type", ""):
             raise ProtocolError(f"stream content type {headers.get('content-type')!r}")
         chunked = headers.get("transfer-encoding", "").lower() == "chunked"
         decoder = _Chunked() if chunked else None
-        events = _Events(result, expected)
         loop = asyncio.get_running_loop()
         data, connection.buffer = connection.buffer, b""
         while True:
@@ -303,17 +309,13 @@ class Target:
                 payload = decoder.feed(data) if decoder else data
                 if payload:
                     events.feed(payload, loop.time())
+                if until_started and events.result.message_id is not None:
+                    return
                 if events.done or (decoder is not None and decoder.finished):
-                    break
+                    return
             data = await connection.reader.read(_READ)
             if not data:
-                break
-        if not events.done:
-            raise ProtocolError("the stream ended without done")
-        if events.text_length != len(expected):
-            raise ProtocolError(f"got {events.text_length} of {len(expected)} characters")
-        if result.status != "complete":
-            raise ProtocolError(f"done says {result.status!r}")
+                return
 
     async def get_json(self, path: str, owner: Owner | None = None) -> tuple[int, Any]:
         connection = await _Connection.open(self.port)

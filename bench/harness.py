@@ -41,10 +41,14 @@ class Sizes:
     nonreading_hold: float = 8.0
     readers: int = 100
     reader_tokens: int = 100
+    # capacity: streams arriving evenly over ``capacity_arrival`` seconds, stepped up
+    capacity_steps: tuple[int, ...] = (50, 100, 150, 200, 300, 400, 500, 600, 800, 1000)
+    capacity_arrival: float = 10.0
 
     @property
     def owners(self) -> int:
-        return max(*self.streams, self.setup_streams, self.idle_streams) + WARM_OWNERS
+        most = max(*self.streams, *self.capacity_steps, self.setup_streams, self.idle_streams)
+        return most + WARM_OWNERS
 
 
 FULL = Sizes()
@@ -58,8 +62,23 @@ QUICK = Sizes(
     nonreading=10,
     nonreading_hold=5.0,
     readers=50,
+    capacity_steps=(50, 100, 200, 300, 400),
 )
-SCENARIOS = ("streams", "throughput", "setup", "idle", "nonreading", "floors", "redis")
+SCENARIOS = (
+    "capacity", "streams", "throughput", "setup", "idle", "nonreading", "floors", "redis",
+)  # fmt: skip
+
+#: The service level a capacity step must hold (bench/README.md).
+SLO_TTFT_P99_MS = 1000.0
+SLO_GAP_P99_MS = 250.0
+
+
+def holds_slo(record: dict[str, Any]) -> bool:
+    """Every reply exact and complete, TTFT p99 and the gap p99 within the SLO."""
+    if "failure" in record or not record.get("streams") or record.get("ok") != record["streams"]:
+        return False
+    ttft, gap = record.get("ttft_p99_ms"), record.get("gap_p99_ms")
+    return ttft is not None and ttft <= SLO_TTFT_P99_MS and (gap or 0) <= SLO_GAP_P99_MS
 
 
 @dataclass

@@ -138,6 +138,7 @@ class Server:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     app: str = DJANGO_APP
+    _worker: int | None = None
 
     def start(self) -> Server:
         self.port = free_port()
@@ -147,10 +148,14 @@ class Server:
         if self.kind == "daphne":
             endpoint = f"tcp:port={self.port}:interface=127.0.0.1:backlog=4096"
             command = [*python, "-m", "daphne", "-e", endpoint, self.app]
-        else:
+        elif self.kind == "uvicorn":
             command = [*python, "-m", "uvicorn", self.app, "--host", "127.0.0.1"]
             command += ["--port", str(self.port), "--backlog", "2048"]
             command += ["--lifespan", "off", "--no-access-log"]
+        else:  # granian: ASGI without lifespan, as Django speaks it; one worker process
+            command = [*python, "-m", "granian", "--interface", "asginl", "--host", "127.0.0.1"]
+            command += ["--port", str(self.port), "--workers", "1", "--backlog", "2048"]
+            command += ["--http", "1", "--no-access-log", self.app]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 pinned(self.core, command), cwd=ROOT, env=self.env, stdout=log, stderr=log
@@ -169,8 +174,13 @@ class Server:
 
     @property
     def pid(self) -> int:
+        """The process that serves: granian's worker, not the supervisor that spawned it."""
         assert self.process is not None
-        return self.process.pid
+        if self.kind != "granian":
+            return self.process.pid
+        if self._worker is None:
+            self._worker = _only_child(self.process.pid)
+        return self._worker
 
     def rss_kb(self) -> int:
         return proc_rss_kb(self.pid)
@@ -178,6 +188,13 @@ class Server:
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process)
+
+
+def _only_child(pid: int) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    if len(children) != 1:
+        raise RuntimeError(f"expected one worker process under {pid}, found {children}")
+    return int(children[0])
 
 
 class RssSampler:

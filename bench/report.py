@@ -11,7 +11,8 @@ import sys
 import time
 from typing import Any
 
-from bench.harness import RESULTS, Bench, Sizes
+from bench.harness import RESULTS, Bench, Sizes, holds_slo
+from bench.upstream import expected_text
 
 CHECKPOINT_INTERVAL = 5.0  # chatstream's default, which bench/settings.py keeps
 
@@ -75,6 +76,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             figure = f"+{row['nonreader_kb_each']:.0f} KB per non-reader"
             if "nonreader_replies_complete" in row:
                 figure += f"; {row['nonreader_replies_complete']} replies saved complete"
+        elif "holds_slo" in row:
+            figure = "SLO held" if holds_slo(row) else "**SLO missed**"
         elif row.get("threads_peak"):
             figure = f"peak {row['threads_peak']} threads"
         if row.get("redis_cpu_us_per_token") is not None:
@@ -98,43 +101,53 @@ def targets(rows: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, Any]]:
     def check(name: str, kind: str, measured: Any, passed: bool | None) -> None:
         checks.append({"target": name, "server": kind, "measured": measured, "met": passed})
 
+    def pair(kind: str, scenario: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        return found.get((kind, scenario, "chatstream")), found.get((kind, scenario, "baseline"))
+
     big = f"streams-{max(sizes.streams)}"
     for kind in sorted({r["server"] for r in rows}):
-        mine = found.get((kind, big, "chatstream"))
-        base = found.get((kind, big, "baseline"))
-        if mine:
+        held = {v: capacity(rows, kind, v) for v in ("chatstream", "baseline")}
+        if None not in held.values():
+            mine, base = held["chatstream"] or 0, held["baseline"] or 0
+            ratio = mine / base if base else None
             check(
-                f"{big}: 0 errors, TTFT p99 < 250 ms",
+                "capacity at the SLO ≥ 3× baseline",
                 kind,
-                f"{mine['errors']:g} errors, p99 {_fmt(mine['ttft_p99_ms'])} ms",
-                mine["errors"] == 0 and (mine["ttft_p99_ms"] or 1e9) < 250,
+                f"{mine} vs {base} concurrent streams"
+                + (f" ({ratio:.2f}×)" if ratio else " (the baseline held no step)"),
+                mine >= 3 * base and mine > 0,
             )
-        for scenario in (big, "throughput"):
-            mine = found.get((kind, scenario, "chatstream"))
-            base = found.get((kind, scenario, "baseline"))
-            if mine and base and mine.get("cpu_us_per_token") and base.get("cpu_us_per_token"):
-                ratio = mine["cpu_us_per_token"] / base["cpu_us_per_token"]
-                check(
-                    f"{scenario}: CPU/token ≤ 1/3 of baseline",
-                    kind,
-                    f"{mine['cpu_us_per_token']} vs {base['cpu_us_per_token']} µs "
-                    f"(ratio {ratio:.2f})"
-                    + _floor(found, kind, scenario, "cpu_us_per_token", "µs"),
-                    ratio <= 1 / 3,
-                )
+        mine, base = pair(kind, "setup")
+        if mine and base:
+            ratio = mine["cpu_ms_per_stream"] / base["cpu_ms_per_stream"]
+            check(
+                "set-up CPU ≤ 1.5× baseline",
+                kind,
+                f"{mine['cpu_ms_per_stream']:.2f} vs {base['cpu_ms_per_stream']:.2f} ms "
+                f"({ratio:.2f}×)",
+                ratio <= 1.5,
+            )
         relay = {v: _relay_cpu(found, kind, big, v, sizes) for v in ("chatstream", "baseline")}
-        if None not in relay.values():
-            # Not a target: where the paced CPU goes, set-up (POST, stream request,
-            # finalise) apart from relaying tokens.
+        if relay["chatstream"] and relay["baseline"]:
+            ratio = relay["chatstream"] / relay["baseline"]
             check(
-                f"{big}: relay CPU/token, the setup scenario's CPU/stream taken out",
+                f"{big}: relay CPU/token (set-up taken out) ≤ 0.6× baseline",
                 kind,
-                f"{relay['chatstream']:.1f} vs {relay['baseline']:.1f} µs "
-                f"(ratio {relay['chatstream'] / relay['baseline']:.2f})",
-                None,
+                f"{relay['chatstream']:.1f} vs {relay['baseline']:.1f} µs ({ratio:.2f}×)",
+                ratio <= 0.6,
             )
-        mine = found.get((kind, "throughput", "chatstream"))
-        base = found.get((kind, "throughput", "baseline"))
+        mine = found.get((kind, big, "chatstream"))
+        if mine:
+            check(f"{big}: 0 errors", kind, f"{mine['errors']:g} errors", mine["errors"] == 0)
+        mine, base = pair(kind, "throughput")
+        if mine and base and mine.get("cpu_us_per_token") and base.get("cpu_us_per_token"):
+            ratio = mine["cpu_us_per_token"] / base["cpu_us_per_token"]
+            check(
+                "throughput: CPU/token ≤ 1/3 of baseline",
+                kind,
+                f"{mine['cpu_us_per_token']} vs {base['cpu_us_per_token']} µs ({ratio:.2f}×)",
+                ratio <= 1 / 3,
+            )
         if mine and base and mine.get("tokens_per_s") and base.get("tokens_per_s"):
             ratio = mine["tokens_per_s"] / base["tokens_per_s"]
             check(
@@ -159,13 +172,24 @@ def targets(rows: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, Any]]:
                 mine["db_writes_per_reply"] <= allowed,
             )
         mine = found.get((kind, "idle", "chatstream"))
-        if mine:
+        floor = found.get((kind, "idle", "floor: django + SDK"))
+        if mine and floor:
+            over = mine["idle_kb_per_stream"] - floor["idle_kb_per_stream"]
             check(
-                "idle memory per open stream < 50 KB",
+                "idle memory per open stream ≤ the floor + 10 KB",
                 kind,
-                f"{mine['idle_kb_per_stream']} KB"
-                + _floor(found, kind, "idle", "idle_kb_per_stream", "KB"),
-                mine["idle_kb_per_stream"] < 50,
+                f"{mine['idle_kb_per_stream']} KB, the floor (a Django stream on the SDK "
+                f"doing nothing else) {floor['idle_kb_per_stream']} KB: {over:+.1f} KB",
+                over <= 10,
+            )
+        mine = found.get((kind, "nonreading", "chatstream"))
+        if mine:
+            text_kb = len(expected_text(sizes.nonreading_tokens).encode()) / 1024
+            check(
+                "a stalled reader ≤ its reply's text + 32 KB",
+                kind,
+                f"{mine['nonreader_kb_each']:.0f} KB for {text_kb:.0f} KB of text",
+                mine["nonreader_kb_each"] <= text_kb + 32,
             )
         for scenario in ("throughput", big):
             memory = found.get((kind, scenario, "chatstream"))
@@ -187,14 +211,16 @@ def targets(rows: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, Any]]:
     return checks
 
 
-def _floor(
-    found: dict[tuple[str, str, str], dict[str, Any]], kind: str, scenario: str, key: str, unit: str
-) -> str:
-    """What a relay on the SDK alone measured there: the floor under the target."""
-    floor = found.get((kind, scenario, "floor: django + SDK"))
-    if not floor or floor.get(key) is None:
-        return ""
-    return f"; the floor, a Django stream on the SDK doing nothing else: {floor[key]} {unit}"
+def capacity(rows: list[dict[str, Any]], kind: str, variant: str) -> int | None:
+    """The most concurrent streams of a step that held the SLO; None if none was run."""
+    steps = [
+        r for r in rows
+        if r["server"] == kind and r["variant"] == variant and r["scenario"].startswith("capacity-")
+    ]  # fmt: skip
+    if not steps:
+        return None
+    held = [int(r["scenario"].split("-")[1]) for r in steps if holds_slo(r)]
+    return max(held, default=0)
 
 
 def _relay_cpu(

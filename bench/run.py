@@ -98,10 +98,11 @@ def main() -> None:
     parser.add_argument(
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated: {','.join(SCENARIOS)}"
     )
-    parser.add_argument("--servers", default=None, help="daphne,uvicorn (--quick: daphne)")
+    parser.add_argument("--servers", default=None, help="daphne,uvicorn,granian (--quick: daphne)")
     parser.add_argument(
         "--streams", default=None, help="concurrent stream counts, e.g. 100,500,1000"
     )
+    parser.add_argument("--steps", default=None, help="capacity steps, e.g. 100,200,300")
     parser.add_argument("--repeat", type=int, default=1, help="run the matrix N times; medians")
     parser.add_argument(
         "--profile",
@@ -125,13 +126,16 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     if args.streams:
         sizes = dataclasses.replace(sizes, streams=tuple(int(n) for n in args.streams.split(",")))
+    if args.steps:
+        steps = tuple(int(n) for n in args.steps.split(","))
+        sizes = dataclasses.replace(sizes, capacity_steps=steps)
     if args.tracemalloc:  # set-up is several times slower while every allocation is traced
         sizes = dataclasses.replace(sizes, idle_delay=sizes.idle_delay * 4)
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
-    servers = (args.servers or ("daphne" if args.quick else "daphne,uvicorn")).split(",")
+    servers = (args.servers or ("daphne" if args.quick else "daphne,uvicorn,granian")).split(",")
 
     raise_open_files()
     server_core, client_core = cores()

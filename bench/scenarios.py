@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.client import Owner, StreamResult, Target, percentile
-from bench.harness import RESULTS, WARM_OWNERS, Bench, finish, ms, summarise
+from bench.harness import RESULTS, WARM_OWNERS, Bench, finish, holds_slo, ms, summarise
 from bench.processes import DJANGO_APP, Server, proc_cpu, proc_threads
 
 VARIANTS = ("chatstream", "baseline")
@@ -56,6 +56,40 @@ def streams_scenario(bench: Bench, count: int) -> Callable[..., Awaitable[dict[s
         return finish(record, count if target.chatstream else 0)
 
     return body
+
+
+def capacity_scenario(bench: Bench, count: int) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """``count`` visitors sending at even intervals over the arrival window, paced replies.
+
+    Each is the page's flow: the POST that streams its reply (the baseline: its one
+    GET); TTFT runs from the send.
+    """
+    sizes = bench.sizes
+
+    async def body(target: Target, server: Server) -> dict[str, Any]:
+        paced = sizes.stream_tokens / sizes.rate
+
+        async def load() -> list[StreamResult]:
+            return await spread_streams(
+                target, bench.owners, count, sizes.stream_tokens, sizes.rate,
+                sizes.capacity_arrival, timeout=paced + 120,
+            )  # fmt: skip
+
+        record, results = await bench.measure(target, server, load)
+        record.update(summarise(results, sizes.stream_tokens))
+        record["holds_slo"] = holds_slo(record)
+        return finish(record, count if target.chatstream else 0)
+
+    return body
+
+
+async def capacity_steps(bench: Bench, kind: str, variant: str) -> None:
+    """Steps the load up until a step misses the SLO: the step before is the capacity."""
+    for count in bench.sizes.capacity_steps:
+        load = capacity_scenario(bench, count)
+        record = await bench.run(kind, f"capacity-{count}", variant, load)
+        if not record.get("holds_slo"):
+            return
 
 
 def throughput_scenario(bench: Bench) -> Callable[..., Awaitable[dict[str, Any]]]:
@@ -365,7 +399,10 @@ async def run_matrix(bench: Bench, servers: list[str], scenarios: list[str]) -> 
     for kind in servers:
         print(f"{kind}:")
         for scenario in scenarios:
-            if scenario == "streams":
+            if scenario == "capacity":
+                for variant in VARIANTS:
+                    await capacity_steps(bench, kind, variant)
+            elif scenario == "streams":
                 for count in sizes.streams:
                     for variant in VARIANTS:
                         await bench.run(
