@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "CHECKPOINT_INTERVAL": 5.0,
     "KEEPALIVE_INTERVAL": 15.0,
     "FLUSH_INTERVAL": 0.05,
+    "FLUSH_INTERVAL_MAX": 0.2,
     "LOG_TTL": 600.0,
     "RETRY_MS": 3000,
     "DISCONNECT_POLICY": "continue",
@@ -50,6 +51,7 @@ _NUMBERS = (
     "CHECKPOINT_INTERVAL",
     "KEEPALIVE_INTERVAL",
     "FLUSH_INTERVAL",
+    "FLUSH_INTERVAL_MAX",
     "LOG_TTL",
     "RETRY_MS",
     "DISCONNECT_GRACE",
@@ -94,6 +96,8 @@ class ChatstreamSettings:
     checkpoint_interval: float
     keepalive_interval: float
     flush_interval: float
+    #: The longest a loaded process lets a reader wait between frames (chatstream.pacing).
+    flush_interval_max: float
     log_ttl: float
     retry_ms: int
     disconnect_policy: DisconnectPolicy
@@ -206,6 +210,7 @@ def build(user: Mapping[str, Any] | None) -> ChatstreamSettings:
         checkpoint_interval=float(merged["CHECKPOINT_INTERVAL"]),
         keepalive_interval=float(merged["KEEPALIVE_INTERVAL"]),
         flush_interval=float(merged["FLUSH_INTERVAL"]),
+        flush_interval_max=float(merged["FLUSH_INTERVAL_MAX"]),
         log_ttl=float(merged["LOG_TTL"]),
         retry_ms=int(merged["RETRY_MS"]),
         disconnect_policy=merged["DISCONNECT_POLICY"],

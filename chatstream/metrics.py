@@ -38,6 +38,10 @@ REPLIES_FINISHED = Counter(
     "Replies finalised here (once per reply, by whoever wrote its final row).",
     ["model", "status"],
 )
+EVENT_LOOP_LAG = Gauge(
+    "chatstream_event_loop_lag_seconds",
+    "How late this process's event loop wakes, while readers follow replies (pacing).",
+)
 REPLIES_LIVE = Gauge("chatstream_replies_live", "Replies generating in this process now.")
 TIME_TO_FIRST_TOKEN = Histogram(
     "chatstream_time_to_first_token_seconds",

@@ -2,9 +2,11 @@
 
 A reader pulls: it asks the log for everything after its offset, hands that over
 as one ``Delta``, and asks again only when the transport has sent it. Text that
-comes sooner than ``FLUSH_INTERVAL`` after the last send waits out the rest of it,
-so a fast model and a slow client make fewer, larger deltas, while a paced model
-costs one wake-up per token; no send ever overlaps another. When the log is gone
+comes sooner than the frame interval after the last send waits out the rest of
+it, so a fast model and a slow client make fewer, larger deltas, while a paced
+model costs one wake-up per token at light load; no send ever overlaps another.
+The interval is ``FLUSH_INTERVAL``, longer when the process is loaded
+(``chatstream.pacing``). When the log is gone
 (expired, or its owner died) the database has the word, and the reader ends from
 there.
 """
@@ -17,7 +19,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chatstream import metrics
+from chatstream import metrics, pacing
 from chatstream.conf import get_settings
 from chatstream.ending import final_record, recover
 from chatstream.exceptions import ReplyLogUnavailable
@@ -85,42 +87,44 @@ async def follow(reply_id: str, offset: int) -> AsyncGenerator[Item, None]:
     it follows, which the ``cancel`` disconnect policy watches.
     """
     settings, log = get_settings(), get_reply_log()
+    least, most = settings.flush_interval, settings.flush_interval_max
     clock = asyncio.get_running_loop().time
-    joined, sent_at = False, -settings.flush_interval
+    joined, sent_at = False, -max(least, most)
     sent_any = False  # a gap is measured from this reader's previous frame
     metrics.READERS_LIVE.inc()
     try:
         with contextlib.suppress(ReplyLogUnavailable):  # the first read reports it
             await log.reader_joined(reply_id)
             joined = True
-        while True:
-            read = await log.read(reply_id, offset, settings.keepalive_interval)
-            pause = sent_at + settings.flush_interval - clock()
-            if read is not None and read.parts and read.final is None and pause > 0:
-                # Let deltas gather: a slow client then gets fewer, larger frames.
-                await asyncio.sleep(pause)
-                more = await log.read(reply_id, read.end, 0)
-                if more is not None:
-                    read = LogRead(_joined(read.parts, more.parts), more.end, more.final)
-            silent = read is not None and not read.parts and read.final is None
-            if silent and not await log.is_alive(reply_id):
-                read = None  # its owner died without writing a final record
-            if read is None:
-                for item in rest_of(await finished(reply_id), offset):
-                    yield item
-                return
-            if read.parts:
-                for part in read.parts:
-                    offset += len(part.text)
-                    yield Delta(part.text, offset, part.kind)
-                if sent_any:
-                    metrics.FRAME_GAP.observe(clock() - sent_at)
-                sent_at, sent_any = clock(), True
-            if read.final is not None:
-                yield Ending(read.final, offset)
-                return
-            if not read.parts:
-                yield SILENCE
+        with pacing.watched() as load:
+            while True:
+                read = await log.read(reply_id, offset, settings.keepalive_interval)
+                pause = sent_at + load.interval(least, most) - clock()
+                if read is not None and read.parts and read.final is None and pause > 0:
+                    # Let deltas gather: a slow client then gets fewer, larger frames.
+                    await asyncio.sleep(pause)
+                    more = await log.read(reply_id, read.end, 0)
+                    if more is not None:
+                        read = LogRead(_joined(read.parts, more.parts), more.end, more.final)
+                silent = read is not None and not read.parts and read.final is None
+                if silent and not await log.is_alive(reply_id):
+                    read = None  # its owner died without writing a final record
+                if read is None:
+                    for item in rest_of(await finished(reply_id), offset):
+                        yield item
+                    return
+                if read.parts:
+                    for part in read.parts:
+                        offset += len(part.text)
+                        yield Delta(part.text, offset, part.kind)
+                    if sent_any:
+                        metrics.FRAME_GAP.observe(clock() - sent_at)
+                    sent_at, sent_any = clock(), True
+                if read.final is not None:
+                    yield Ending(read.final, offset)
+                    return
+                if not read.parts:
+                    yield SILENCE
     finally:
         metrics.READERS_LIVE.dec()
         if joined:

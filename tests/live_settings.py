@@ -19,6 +19,7 @@ CHATSTREAM = {
     "CHECKPOINT_INTERVAL": float(os.environ.get("TEST_CHECKPOINT_INTERVAL", "0.2")),
     "KEEPALIVE_INTERVAL": float(os.environ.get("TEST_KEEPALIVE_INTERVAL", "1")),
     "FLUSH_INTERVAL": float(os.environ.get("TEST_FLUSH_INTERVAL", "0.02")),
+    "FLUSH_INTERVAL_MAX": float(os.environ.get("TEST_FLUSH_INTERVAL_MAX", "0")),
     "LOG_TTL": float(os.environ.get("TEST_LOG_TTL", "600")),
     "MESSAGES_PER_MINUTE": 10000,
     "MAX_CONCURRENT_REPLIES": 1000,

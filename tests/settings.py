@@ -29,6 +29,7 @@ CHATSTREAM = {
     },
     "ALLOW_ANONYMOUS": True,
     "FLUSH_INTERVAL": 0,
+    "FLUSH_INTERVAL_MAX": 0,  # frames as FLUSH_INTERVAL says, however loaded the machine
     "KEEPALIVE_INTERVAL": 5,
     "MESSAGES_PER_MINUTE": 1000,
     "MAX_CONCURRENT_REPLIES": 100,

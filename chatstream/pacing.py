@@ -1,0 +1,77 @@
+"""How long a reader lets text gather before it sends the next frame.
+
+At light load a reader sends at most one frame per ``FLUSH_INTERVAL``. When the
+process falls behind, which shows as its event loop waking late, readers wait
+longer between frames, up to ``FLUSH_INTERVAL_MAX``: frames per second fall as
+load rises, so the CPU goes to new replies' first tokens instead of to more,
+smaller frames. A paced model's tokens then reach a reader a few at a time; the
+page's typewriter keeps the visible pace smooth.
+
+One sampler task per event loop measures the lag while readers are there and
+stops when the last one leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Iterator
+
+from chatstream import metrics
+
+PERIOD = 0.1  # s between two lag samples
+CALM = 0.005  # s of lag at or below which frames keep FLUSH_INTERVAL
+BUSY = 0.05  # s of lag at which frames are FLUSH_INTERVAL_MAX apart
+_DECAY = 0.8  # lag rises at once with a late wake-up and falls back over about a second
+
+
+class LoopLag:
+    """The event loop's recent lag: how late a timer of ``PERIOD`` fires."""
+
+    def __init__(self) -> None:
+        self.lag = 0.0
+        self.readers = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def note(self, late: float) -> None:
+        late = max(0.0, late)
+        self.lag = late if late > self.lag else self.lag * _DECAY + late * (1 - _DECAY)
+        metrics.EVENT_LOOP_LAG.set(self.lag)
+
+    async def sample(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            await asyncio.sleep(PERIOD)
+            self.note(loop.time() - began - PERIOD)
+
+    def interval(self, least: float, most: float) -> float:
+        """The time between two frames now: ``least`` when calm, ``most`` when busy."""
+        if most <= least or self.lag <= CALM:
+            return least
+        share = min(1.0, (self.lag - CALM) / (BUSY - CALM))
+        return least + (most - least) * share
+
+
+_gauges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLag] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def watched() -> Iterator[LoopLag]:
+    """The running loop's lag gauge, sampled for as long as any reader holds it."""
+    loop = asyncio.get_running_loop()
+    gauge = _gauges.get(loop)
+    if gauge is None:
+        gauge = _gauges[loop] = LoopLag()
+    gauge.readers += 1
+    if gauge.task is None:
+        gauge.task = loop.create_task(gauge.sample(), name="chatstream event-loop lag")
+    try:
+        yield gauge
+    finally:
+        gauge.readers -= 1
+        if not gauge.readers and gauge.task is not None:
+            gauge.task.cancel()
+            gauge.task, gauge.lag = None, 0.0
+            metrics.EVENT_LOOP_LAG.set(0.0)
