@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -22,6 +23,7 @@ from bench.environment import django_environment
 from bench.processes import DJANGO_APP, ROOT, RssSampler, Server, Upstream, proc_cpu, proc_times
 
 RESULTS = ROOT / "bench" / "results"
+PACING_OFF = "chatstream, pacing off"  # FLUSH_INTERVAL_MAX = 0: what adaptive pacing buys
 WARM_OWNERS = 10
 
 
@@ -97,7 +99,7 @@ class Bench:
     runs: list[dict[str, Any]] = field(default_factory=list)
     counter: int = 0
 
-    def server_env(self, redis_url: str, db: Path, admission: bool) -> dict[str, str]:
+    def server_env(self, redis_url: str, db: Path, admission: bool, variant: str) -> dict[str, str]:
         skip = ("OPENAI", "AZURE", "REDIS", "DJANGO", "CHATSTREAM")
         env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
         env.update(django_environment(db, self.upstream.port), PYTHONUNBUFFERED="1")
@@ -105,6 +107,8 @@ class Bench:
             env["DJANGO_MAX_ACTIVE_REQUESTS"] = "0"
         if redis_url:
             env["REDIS_URL"] = redis_url
+        if variant == PACING_OFF:
+            env["BENCH_PACING"] = "off"
         if self.tracemalloc:
             env["PYTHONTRACEMALLOC"] = "1"
         return env
@@ -131,12 +135,13 @@ class Bench:
         profile: Path | None = None,
         admission: bool = True,
         app: str = DJANGO_APP,
+        variant: str = "chatstream",
     ) -> Server:
         self.counter += 1
         db = self.workdir / f"db-{self.counter}.sqlite3"
         shutil.copyfile(self.template, db)
         log = self.workdir / f"server-{self.counter}-{kind}.log"
-        env = self.server_env(redis_url, db, admission)
+        env = self.server_env(redis_url, db, admission, variant)
         server = Server(kind, env, self.server_core, log, profile, app=app)
         return server.start()
 
@@ -156,13 +161,15 @@ class Bench:
         server = None
         began = time.monotonic()
         try:
-            out = RESULTS / f"profile-{kind}-{scenario}-{variant.replace('+', '-')}.prof"
+            name = "-".join(re.findall(r"\w+", f"{kind} {scenario} {variant}"))
+            out = RESULTS / f"profile-{name}.prof"
             server = self.new_server(
                 kind,
                 self.redis_url if redis else "",
                 profile=out if profile else None,
                 admission=variant != "baseline",
                 app=app,
+                variant=variant,
             )
             target = Target(server.port, variant)
             if app == DJANGO_APP:  # a floor warms itself up

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.client import Owner, StreamResult, Target, percentile
-from bench.harness import RESULTS, WARM_OWNERS, Bench, finish, holds_slo, ms, summarise
+from bench.harness import PACING_OFF, RESULTS, WARM_OWNERS, Bench, finish, holds_slo, ms, summarise
 from bench.processes import DJANGO_APP, Server, proc_cpu, proc_threads
 
 VARIANTS = ("chatstream", "baseline")
@@ -400,7 +400,9 @@ async def run_matrix(bench: Bench, servers: list[str], scenarios: list[str]) -> 
         print(f"{kind}:")
         for scenario in scenarios:
             if scenario == "capacity":
-                for variant in VARIANTS:
+                # Pacing off beside it on the first server: what that lever buys.
+                extra = (PACING_OFF,) if kind == servers[0] else ()
+                for variant in (*VARIANTS, *extra):
                     await capacity_steps(bench, kind, variant)
             elif scenario == "streams":
                 for count in sizes.streams:

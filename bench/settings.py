@@ -8,6 +8,7 @@ Writes are counted for real: every new database connection gets an
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import Counter
@@ -31,6 +32,8 @@ STORAGES = {
 # The production defaults for intervals; only the per-owner limits are lifted, since
 # the load client is a few owners opening hundreds of streams.
 CHATSTREAM = {**CHATSTREAM, "MESSAGES_PER_MINUTE": 0, "MAX_CONCURRENT_REPLIES": 0}
+if os.environ.get("BENCH_PACING") == "off":  # the "chatstream, pacing off" variant
+    CHATSTREAM["FLUSH_INTERVAL_MAX"] = 0
 
 WRITES: Counter[str] = Counter()
 _WRITES_LOCK = threading.Lock()
