@@ -1,8 +1,9 @@
 """CPU per reply set-up, in one process and one at a time: quieter than a load run.
 
 Drives the demo project's ASGI application directly (no server, no sockets of its
-own) through what a browser does for one reply: the POST, then the stream until
-``done``, against the bench's fake upstream sending one token. Prints the
+own) through what the page does for one reply: one POST that asks for an event
+stream and reads it until ``done`` (``--two-requests``: the POST's 201, then a GET
+of its ``stream_url``), against the bench's fake upstream sending one token. Prints the
 process's CPU time (every thread) per reply for chatstream and for the baseline
 relay, each the median of ``--rounds`` rounds of ``--replies`` replies.
 ``--history N`` gives every reply N earlier question-and-answer turns (the
@@ -10,6 +11,7 @@ baseline sends the same turns to the SDK).
 
     .venv/bin/python bench/setup_cost.py
     .venv/bin/python bench/setup_cost.py --history 20
+    .venv/bin/python bench/setup_cost.py --two-requests
     py-spy record --gil -f raw -o setup.txt -- .venv/bin/python bench/setup_cost.py
 
 Not a load test: it leaves out the HTTP server's share, and shows where a change
@@ -82,7 +84,29 @@ async def call(
     return status, b"".join(parts)
 
 
+def _check_stream(status: int, body: bytes) -> None:
+    if status != 200 or b"event: done" not in body or expected_text(1).encode() not in body:
+        raise RuntimeError(f"stream answered {status}: {body[:300]!r}")
+
+
 async def chatstream_reply(app: Any, owner: dict[str, str]) -> None:
+    """The page's way: one POST whose response is the reply's stream."""
+    cookie = f"sessionid={owner['session']}; csrftoken={owner['csrf']}"
+    status, body = await call(
+        app,
+        "POST",
+        f"/api/conversations/{owner['conversation']}/messages/",
+        {"cookie": cookie, "x-csrftoken": owner["csrf"], "content-type": "application/json",
+         "accept": "text/event-stream", "host": "127.0.0.1"},
+        json.dumps({"content": prompt(1, 0)}).encode(),
+    )  # fmt: skip
+    if b"event: started" not in body:
+        raise RuntimeError(f"POST answered {status}: {body[:300]!r}")
+    _check_stream(status, body)
+
+
+async def chatstream_two_requests(app: Any, owner: dict[str, str]) -> None:
+    """The POST's 201, then a GET of its ``stream_url``."""
     cookie = f"sessionid={owner['session']}; csrftoken={owner['csrf']}"
     status, body = await call(
         app,
@@ -95,9 +119,7 @@ async def chatstream_reply(app: Any, owner: dict[str, str]) -> None:
     if status != 201:
         raise RuntimeError(f"POST answered {status}: {body[:200]!r}")
     url = json.loads(body)["stream_url"]
-    status, body = await call(app, "GET", url, {"cookie": cookie, "host": "127.0.0.1"})
-    if status != 200 or b"event: done" not in body or expected_text(1).encode() not in body:
-        raise RuntimeError(f"stream answered {status}: {body[:300]!r}")
+    _check_stream(*await call(app, "GET", url, {"cookie": cookie, "host": "127.0.0.1"}))
 
 
 async def baseline_reply(app: Any, owner: dict[str, str]) -> None:
@@ -111,7 +133,8 @@ async def measure(args: argparse.Namespace, owners: list[dict[str, str]]) -> dic
     from django.core.asgi import get_asgi_application
 
     app = get_asgi_application()
-    relays = {"chatstream": chatstream_reply, "baseline": baseline_reply}
+    chatstream = chatstream_two_requests if args.two_requests else chatstream_reply
+    relays = {"chatstream": chatstream, "baseline": baseline_reply}
     relays = {name: relays[name] for name in args.relays.split(",")}
     cpu: dict[str, list[float]] = {name: [] for name in relays}
     used = iter(owners)
@@ -132,6 +155,9 @@ def main() -> None:
     parser.add_argument("--replies", type=int, default=100, help="replies per round and relay")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--relays", default="chatstream,baseline", help="which to measure")
+    parser.add_argument(
+        "--two-requests", action="store_true", help="chatstream's POST, then a GET of the stream"
+    )
     parser.add_argument("--history", type=int, default=0, help="earlier turns per reply")
     parser.add_argument(
         "--database-url", default="", help="a database to use instead of a new SQLite file"
@@ -163,8 +189,9 @@ def main() -> None:
         upstream.terminate()
         upstream.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+    requests = "two requests" if args.two_requests else "one request"
     print(
-        f"CPU per reply set-up, {args.history} earlier turns, "
+        f"CPU per reply set-up ({requests}), {args.history} earlier turns, "
         f"median of {args.rounds} rounds of {args.replies}:"
     )
     for name, rounds in cpu.items():
