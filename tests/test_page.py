@@ -38,7 +38,9 @@ CHROMIUM_ARGS = [
 ]
 # Chromium logs a failed request as a console error; only a test that cuts the
 # network on purpose may see these.
-NETWORK_ERRORS = re.compile(r"ERR_EMPTY_RESPONSE|ERR_CONNECTION_|ERR_INCOMPLETE_CHUNKED")
+NETWORK_ERRORS = re.compile(
+    r"ERR_EMPTY_RESPONSE|ERR_CONNECTION_|ERR_INCOMPLETE_CHUNKED|ERR_SOCKET_NOT_CONNECTED"
+)
 
 MARKDOWN_TOKENS = [
     "## Streaming ",
@@ -299,6 +301,21 @@ def record_lengths(page: Page, message_id: str) -> None:
     )
 
 
+def record_requests(page: Page) -> list[Request]:
+    """Every request the page makes to the API from now on."""
+    seen: list[Request] = []
+    page.on("request", lambda r: "/api/" in r.url and seen.append(r))
+    return seen
+
+
+def resumed_at(request: Request) -> int:
+    """The offset a GET of a reply's stream resumed from: Last-Event-ID, else the query."""
+    header = request.all_headers().get("last-event-id")
+    if header is not None:
+        return int(header)
+    return int(re.search(r"last_event_id=(\d+)", request.url).group(1))
+
+
 def rendered_equals_stored(page: Page, message_id: str, content: str) -> bool:
     """The reply's DOM is exactly what a fresh render of the stored text gives."""
     return page.evaluate(
@@ -473,20 +490,217 @@ def test_network_cut_shows_reconnecting_and_resumes_without_gap_or_duplicate(
     page.on("request", lambda r: "/stream/" in r.url and resumes.append(r))
     message_id = send(page, trigger)
     wait_typed(page, f"#m-{message_id} .body", 30)
-    proxy.cut()
+    assert resumes == []  # the POST that sent the message carries its reply
+    proxy.cut()  # mid-reply: the POST's body fails
     page.wait_for_selector(f"#m-{message_id} .connection:not([hidden])")
     assert reply(page, message_id).locator(".connection").inner_text() == "Reconnecting…"
     assert page.locator(f"#m-{message_id}.status-streaming").count() == 1
     proxy.restore()
     wait_status(page, message_id, "complete")
     assert page.is_hidden(f"#m-{message_id} .connection")
-    resumed = [r.all_headers().get("last-event-id") for r in resumes[1:]]
-    assert resumed and int(resumed[-1]) > 0, "the browser reconnected with Last-Event-ID"
+    # It went on with GET stream from the last id it had: neither from 0 nor past the end.
+    offsets = [resumed_at(r) for r in resumes]
+    assert offsets and all(0 < n < len("".join(tokens)) for n in offsets), offsets
+    assert resumes[0].method == "GET"
     message = stored(page, server, message_id)
     assert message["content"] == "".join(tokens)
     assert reply(page, message_id).get_attribute("data-raw") == message["content"]
     shown = reply(page, message_id).locator(".body").inner_text().split()
     assert shown == [t.strip() for t in tokens]
+
+
+# --- one request per reply -------------------------------------------------------------
+
+
+def reply_requests(requests: list[Request]) -> list[tuple[str, str]]:
+    """The requests that started or read a reply: POSTs, and GETs of a stream."""
+    return [(r.method, r.url) for r in requests if r.method == "POST" or "/stream/" in r.url]
+
+
+def test_sending_streams_the_reply_in_the_one_request_that_sent_it(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    tokens = ["One **request** ", *words(60), "done."]
+    trigger = fake_openai.script(unique("one-request"), Script(tokens, interval=0.02))
+    open_page(page, server)
+    conversation = api_post(page, server, "/api/conversations/", {})["id"]
+    page.goto(f"{server.url}/c/{conversation}/")
+    page.wait_for_selector("#chat[data-ready='true']")
+    requests = record_requests(page)
+    message_id = send(page, trigger)
+    wait_status(page, message_id, "complete")
+    made = reply_requests(requests)
+
+    assert made == [("POST", f"{server.url}/api/conversations/{conversation}/messages/")]
+    post = next(r for r in requests if r.method == "POST")
+    assert post.headers["accept"] == "text/event-stream"
+    assert post.response().headers["content-type"].startswith("text/event-stream")
+    assert not any(message_id in r.url for r in requests)  # nor a GET of the message
+    message = stored(page, server, message_id)
+    assert message["content"] == "".join(tokens)
+    assert reply(page, message_id).get_attribute("data-raw") == message["content"]
+    assert rendered_equals_stored(page, message_id, message["content"])
+    assert page.locator("article.user .body").inner_text() == trigger
+    assert page.is_visible("#send") and page.is_hidden("#stop")
+
+
+def test_regenerate_and_edit_each_stream_in_one_request(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    question = fake_openai.script(unique("regenerate me"), Script(["First ", "answer."]))
+    open_page(page, server)
+    first = send(page, question)
+    wait_status(page, first, "complete")
+    question_id = page.locator("article.user").get_attribute("id")[2:]
+    again = words(40, "again")
+    fake_openai.script(question, Script(again, interval=0.02))
+    requests = record_requests(page)
+
+    page.locator(f"#m-{first} .regenerate").click()
+    page.wait_for_selector(f"#m-{first}", state="detached")
+    regenerated = page.locator("article.assistant").get_attribute("id")[2:]
+    wait_status(page, regenerated, "complete")
+    assert reply_requests(requests) == [("POST", f"{server.url}/api/messages/{first}/regenerate/")]
+
+    edited = words(40, "edited")
+    second = fake_openai.script(unique("edited question"), Script(edited, interval=0.02))
+    requests.clear()
+    page.locator("article.user .edit").click()
+    new_reply = start_editing_and_send(page, second)
+    wait_status(page, new_reply, "complete")
+    assert reply_requests(requests) == [("POST", f"{server.url}/api/messages/{question_id}/edit/")]
+
+    assert stored(page, server, regenerated)["content"] == "".join(again)
+    assert stored(page, server, new_reply)["content"] == "".join(edited)
+    assert visible_text(page, f"#m-{new_reply}").split() == [w.strip() for w in edited]
+    assert visible_text(page, "article.user") == second
+
+
+def test_a_refusal_of_the_one_request_shows_the_same_error_as_before(
+    page: Page, server: LiveServer, fake_openai: FakeOpenAI, problems: Problems
+) -> None:
+    problems.allowed = re.compile(r"status of 409")
+    first = fake_openai.script(unique("refused"), Script(["Fine."]))
+    busy = fake_openai.script(unique("busy"), Script(words(400), interval=0.05))
+    open_page(page, server)
+    wait_status(page, send(page, first), "complete")
+    conversation = page.url.rstrip("/").rsplit("/", 1)[-1]
+    path = f"/api/conversations/{conversation}/messages/"
+    # Another tab starts a reply here: this page does not know, so it may try to send.
+    running = api_post(page, server, path, {"content": busy})["assistant_message"]["id"]
+    token = page.evaluate("document.getElementById('chat').dataset.csrfToken")
+    as_before = page.request.post(
+        server.url + path,
+        data={"content": "again"},
+        headers={"X-CSRFToken": token, "Accept": "application/json"},
+    )
+    assert as_before.status == 409
+    requests = record_requests(page)
+
+    page.fill("#content", "again")
+    page.press("#content", "Enter")
+    page.wait_for_selector("#composer-error:not([hidden])")
+    assert page.inner_text("#composer-error-text") == as_before.json()["error"]["message"]
+    assert page.is_visible("#composer-retry")
+    assert page.input_value("#content") == "again"  # kept, to send once the reply is over
+    assert page.locator("article.user").count() == 1
+    assert page.is_visible("#send") and page.is_enabled("#send")
+    post = next(r for r in requests if r.method == "POST")
+    assert post.headers["accept"] == "text/event-stream"
+    assert post.response().status == 409
+    page.request.post(
+        f"{server.url}/api/messages/{running}/stop/", data={}, headers={"X-CSRFToken": token}
+    )
+
+
+# Observes what the page's one request brings in: the text of every SSE body it decodes.
+RECORD_DECODED = """
+  window.__decoded = "";
+  const decode = TextDecoder.prototype.decode;
+  TextDecoder.prototype.decode = function (...args) {
+    const text = decode.apply(this, args);
+    window.__decoded += text;
+    return text;
+  };
+"""
+
+
+def test_few_large_frames_still_type_out_in_many_small_steps(
+    page: Page, fresh_server: Any, fake_openai: FakeOpenAI
+) -> None:
+    # A loaded server sends a frame at most every 250 ms, each with many tokens.
+    server = fresh_server(TEST_FLUSH_INTERVAL="0.25")
+    tokens = words(150)
+    trigger = fake_openai.script(unique("coalesced"), Script(tokens, interval=0.02))
+    page.add_init_script(RECORD_DECODED)
+    open_page(page, server)
+    message_id = send(page, trigger)
+    record_lengths(page, message_id)
+    wait_status(page, message_id, "complete")
+
+    frames = page.evaluate("window.__decoded").count("event: delta\n")
+    assert 2 <= frames <= len(tokens) / 4, frames  # few frames, each of several tokens
+    lengths = page.evaluate("window.__lengths")
+    steps = [b - a for a, b in zip(lengths, lengths[1:], strict=False) if b > a]
+    # Each frame is revealed over many animation frames, a few characters at a time.
+    assert len(steps) >= 4 * frames, (len(steps), frames)
+    assert max(steps) < len("".join(tokens)) / frames, steps
+    message = stored(page, server, message_id)
+    assert message["content"] == "".join(tokens)
+    assert reply(page, message_id).locator(".body").inner_text().split() == [
+        t.strip() for t in tokens
+    ]
+
+
+# Every way of splitting one event stream into chunks must give the same events.
+EVENT_STREAM = (
+    "retry: 3000\r\n\r\n"
+    ": keepalive\r\n\r\n"
+    'event: started\r\ndata: {"a": 1}\r\n\r\n'
+    'id: 5\nevent: delta\ndata: {"text": "h\u00e9llo \U0001f600"}\n\n'
+    "data: line one\rdata:line two\r\r"
+    ": a comment\n"
+    "id: 9\r\nevent: done\r\ndata\r\n\r\n"
+    "event: delta\ndata: cut off"
+)
+EVENTS = [
+    {"type": "started", "data": '{"a": 1}', "lastEventId": ""},
+    {"type": "delta", "data": '{"text": "h\u00e9llo \U0001f600"}', "lastEventId": "5"},
+    {"type": "message", "data": "line one\nline two", "lastEventId": "5"},
+    {"type": "done", "data": "", "lastEventId": "9"},
+]
+
+
+def test_read_events_parses_an_event_stream_however_its_chunks_split(
+    page: Page, server: LiveServer
+) -> None:
+    open_page(page, server)
+    parsed = page.evaluate(
+        """async (text) => {
+          const { readEvents } = await import('/static/chatstream/typewriter.js');
+          const bytes = new TextEncoder().encode(text);
+          const splits = [[bytes], [...bytes].flatMap((b) => [new Uint8Array(), Uint8Array.of(b)])];
+          for (let at = 1; at < bytes.length; at++) {
+            splits.push([bytes.slice(0, at), bytes.slice(at)]);
+          }
+          const results = [];
+          for (const chunks of splits) {
+            const body = new ReadableStream({
+              start(controller) {
+                for (const chunk of chunks) controller.enqueue(chunk);
+                controller.close();
+              },
+            });
+            const events = [];
+            for await (const event of readEvents(body)) events.push(event);
+            results.push(events);
+          }
+          return results;
+        }""",
+        EVENT_STREAM,
+    )
+    assert len(parsed) == len(EVENT_STREAM.encode()) + 1
+    assert all(events == EVENTS for events in parsed), next(e for e in parsed if e != EVENTS)
 
 
 def test_html_and_javascript_links_from_the_model_are_inert(
@@ -895,13 +1109,7 @@ def test_network_cut_mid_reasoning_resumes_both_kinds_without_gap_or_duplicate(
     wait_status(page, message_id, "complete")
     assert page.is_hidden(f"#m-{message_id} .connection")
 
-    def resumed_at(request: Request) -> int:
-        header = request.all_headers().get("last-event-id")
-        if header is not None:
-            return int(header)
-        return int(re.search(r"last_event_id=(\d+)", request.url).group(1))
-
-    offsets = [resumed_at(r) for r in streams[1:]]
+    offsets = [resumed_at(r) for r in streams]
     assert offsets, "the page opened the stream again"
     # It came back mid-thinking, with the one id that counts both kinds of text.
     assert 0 < offsets[-1] < len("".join(thought)), offsets

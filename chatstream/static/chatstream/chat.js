@@ -1,11 +1,13 @@
 // The chat page: a small client of chatstream's JSON + SSE API (no build step).
 //
-// Conversations open without a page load (history.pushState), and a reply that is
-// streaming when the page loads or a conversation opens is re-attached from the
-// offset the server reports. Only one stream is open at a time (browsers allow six
-// HTTP/1.1 connections per host).
+// Conversations open without a page load (history.pushState). Sending, regenerating
+// and editing each take one request: the POST asks for the reply's event stream and
+// types it out as it comes. A reply that is streaming when the page loads or a
+// conversation opens, or whose POST dropped, is read from GET stream_url from the
+// offset the page has. Only one stream is open at a time (browsers allow six HTTP/1.1
+// connections per host).
 import { copyText, handleCopyButtons, toFragment } from "./markdown.js";
-import { Thinking, Typewriter } from "./typewriter.js";
+import { readEvents, Thinking, Typewriter } from "./typewriter.js";
 
 const root = document.getElementById("chat");
 const apiConversations = root.dataset.apiRoot; // ".../api/conversations/"
@@ -43,18 +45,26 @@ class ApiError extends Error {
   }
 }
 
-async function call(method, url, body) {
-  let response;
+async function request(method, url, body, { accept = "application/json", signal } = {}) {
   try {
-    response = await fetch(url, {
+    return await fetch(url, {
       method,
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf, Accept: "application/json" },
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf, Accept: accept },
       body: body === undefined ? undefined : JSON.stringify(body),
       credentials: "same-origin",
+      signal,
     });
   } catch {
     throw new ApiError("Could not reach the server. Check your connection.", "network", 0);
   }
+}
+
+async function call(method, url, body) {
+  return answer(await request(method, url, body));
+}
+
+/** A JSON response's body, or its error as an ApiError. */
+async function answer(response) {
   if (response.status === 204) return null;
   let data = null;
   try {
@@ -302,8 +312,44 @@ function setPending(value) {
   setStreaming(state.streaming);
 }
 
-/** Show a reply as it streams; `url` is the 201's stream_url (or derived). */
-function attach(message, url) {
+/**
+ * POST what starts a reply (a message, a regeneration, an edit), asking for the reply's
+ * stream, so that one request carries it all. `show(started)` puts the new messages on
+ * the page (`started` is what the JSON 201 carries); then the reply types out from the
+ * rest of the stream. A refusal throws ApiError before anything is shown, as `call` does.
+ */
+async function startReply(url, body, show) {
+  const abort = new AbortController();
+  const response = await request("POST", url, body, { accept: "text/event-stream", signal: abort.signal });
+  let started = null;
+  let events = null;
+  if (response.headers.get("Content-Type")?.startsWith("text/event-stream")) {
+    events = readEvents(response.body);
+    try {
+      const { value } = await events.next();
+      if (value?.type === "started") started = JSON.parse(value.data);
+    } catch {
+      // cut before it began: below
+    }
+  } else {
+    started = await answer(response); // a refusal throws
+  }
+  setPending(false);
+  if (!started) {
+    // The reply began, but the page never learnt which: show the conversation as stored.
+    abort.abort();
+    return openConversation(state.conversation);
+  }
+  show(started);
+  state.stick = true;
+  attach(started.assistant_message, started.stream_url, events && { events, abort });
+}
+
+/**
+ * Show a reply as it streams; `url` is its stream_url (or derived). `feed`: the stream
+ * of the POST that started it (see startReply), else it is read from `url`.
+ */
+function attach(message, url, feed = null) {
   detach();
   const article = renderMessage(message);
   const body = article.querySelector(".body");
@@ -338,14 +384,17 @@ function attach(message, url) {
       loadConversations();
     },
   });
-  setStreaming({ message, writer, element: article });
-  writer.start();
+  setStreaming({ message, writer, element: article, abort: feed?.abort });
+  writer.start(feed?.events);
   follow();
 }
 
 /** Stop reading the current stream (the reply itself goes on on the server). */
 function detach() {
-  if (state.streaming) state.streaming.writer.close();
+  if (state.streaming) {
+    state.streaming.writer.close();
+    state.streaming.abort?.abort();
+  }
   state.streaming = null;
   setStreaming(null);
 }
@@ -355,14 +404,11 @@ async function regenerate(article) {
   const id = article.id.slice(2);
   setPending(true);
   try {
-    const started = await call("POST", `${api}messages/${id}/regenerate/`, {});
-    const replacement = started.assistant_message;
-    const next = article.nextSibling;
-    article.remove();
-    renderMessage(replacement, { before: next });
-    state.stick = true;
-    setPending(false);
-    attach(replacement, started.stream_url);
+    await startReply(`${api}messages/${id}/regenerate/`, {}, (started) => {
+      const next = article.nextSibling;
+      article.remove();
+      renderMessage(started.assistant_message, { before: next });
+    });
   } catch (error) {
     setPending(false);
     showComposerError(error.message, () => regenerate(article));
@@ -537,26 +583,23 @@ async function resend(article, content, finish) {
   if (!content.trim() || state.streaming || state.pending) return;
   hideComposerError();
   setPending(true);
-  let started;
   try {
-    started = await call("POST", `${api}messages/${article.id.slice(2)}/edit/`, { content });
+    await startReply(`${api}messages/${article.id.slice(2)}/edit/`, { content }, (started) => {
+      finish({ focus: false });
+      // The old pair stays on the server as a version; here the new pair takes its place.
+      let node = article;
+      while (node) {
+        const next = node.nextElementSibling;
+        node.remove();
+        node = next;
+      }
+      renderMessage(started.user_message);
+    });
   } catch (error) {
     setPending(false);
     showComposerError(`Could not send the edit: ${error.message}`);
     return;
   }
-  finish({ focus: false });
-  // The old pair stays on the server as a version; here the new pair takes its place.
-  let node = article;
-  while (node) {
-    const next = node.nextElementSibling;
-    node.remove();
-    node = next;
-  }
-  renderMessage(started.user_message);
-  state.stick = true;
-  setPending(false);
-  attach(started.assistant_message, started.stream_url);
   loadConversations();
   $("content")?.focus();
 }
@@ -935,13 +978,11 @@ async function send() {
       history.pushState(null, "", conversationUrl(created.id));
       setTitle(created.title);
     }
-    const started = await call("POST", `${api}conversations/${state.conversation}/messages/`, { content });
-    input.value = "";
-    autosize();
-    renderMessage(started.user_message);
-    state.stick = true;
-    setPending(false);
-    attach(started.assistant_message, started.stream_url);
+    await startReply(`${api}conversations/${state.conversation}/messages/`, { content }, (started) => {
+      input.value = "";
+      autosize();
+      renderMessage(started.user_message);
+    });
     loadConversations();
   } catch (error) {
     setPending(false);

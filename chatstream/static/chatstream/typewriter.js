@@ -4,6 +4,10 @@
 //   const tw = new Typewriter(element, { url: streamUrl, onDone: (done) => ... });
 //   tw.start();
 //
+// It can also be fed the same events from elsewhere, such as the body of the POST
+// that started the reply (one request per reply): `tw.start(readEvents(body))`. If
+// that source ends before `done`, the reply goes on from its last id through `url`.
+//
 // The server sends text as fast as the model makes it, in frames of any size. The
 // browser paces it: each animation frame reveals some characters at a rate that grows
 // with the backlog (about `latency` seconds' worth), so a burst is spread over a few
@@ -36,6 +40,52 @@ function withOffset(url, offset) {
   const parsed = new URL(url, window.location.href);
   parsed.searchParams.set("last_event_id", String(offset));
   return parsed.origin === window.location.origin ? parsed.pathname + parsed.search : parsed.href;
+}
+
+/**
+ * The events of a Server-Sent Events body (a ReadableStream of bytes), as EventSource
+ * would dispatch them: {type, data, lastEventId}. Comments and `retry` are skipped;
+ * lines end in \n, \r\n or \r, wherever the chunks split. It ends with the body,
+ * dropping an event the body cut off (as EventSource does), and throws if the body fails.
+ */
+export async function* readEvents(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let partial = ""; // a line not yet ended
+  let skipLF = false; // the last chunk ended in \r: a \n starting the next one ends no line
+  let type = "";
+  let data = [];
+  let lastEventId = "";
+  try {
+    for (;;) {
+      const { value: chunk, done } = await reader.read();
+      if (done) return;
+      let text = decoder.decode(chunk, { stream: true });
+      if (!text) continue;
+      if (skipLF && text[0] === "\n") text = text.slice(1);
+      skipLF = text.endsWith("\r");
+      const lines = (partial + text).split(/\r\n|\r|\n/);
+      partial = lines.pop();
+      for (const line of lines) {
+        if (!line) {
+          if (data.length) yield { type: type || "message", data: data.join("\n"), lastEventId };
+          type = "";
+          data = [];
+          continue;
+        }
+        const colon = line.indexOf(":");
+        if (colon === 0) continue; // a comment (a keepalive)
+        const field = colon === -1 ? line : line.slice(0, colon);
+        const rest = colon === -1 ? "" : line.slice(colon + 1);
+        const value = rest.startsWith(" ") ? rest.slice(1) : rest;
+        if (field === "event") type = value;
+        else if (field === "data") data.push(value);
+        else if (field === "id" && !value.includes("\0")) lastEventId = value;
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {}); // a consumer that stops early lets the body go
+  }
 }
 
 /** "Thought for 4.2 s", "Thought for 12 s", "Thought for 2 min 5 s"; "Thoughts" when unknown. */
@@ -136,6 +186,7 @@ export class Typewriter {
     this.finalMessage = null;
     this.done = null;
     this.source = null;
+    this.feed = null; // the events start() was given, while it reads them
     this.frame = 0;
     this.retries = 0;
     this.closed = false;
@@ -153,10 +204,21 @@ export class Typewriter {
     }
   }
 
-  start() {
+  /**
+   * Start reading: from `url`, or from `events` when given, an async iterable of the
+   * events `url` would send from our offset ({type, data, lastEventId}, as `readEvents`
+   * yields them). If `events` ends or fails before `done`, reading goes on from the
+   * last id through `url`, nothing lost or repeated. Its owner stops it (`close()`
+   * only stops listening to it).
+   */
+  start(events) {
     if (this.offset === 0) this.startedAt = performance.now();
-    this._status("connecting");
-    this._open(withOffset(this.options.url, this.offset));
+    if (events) {
+      this._follow(events);
+    } else {
+      this._status("connecting");
+      this._open(withOffset(this.options.url, this.offset));
+    }
     return this;
   }
 
@@ -191,6 +253,23 @@ export class Typewriter {
     return this.thinking;
   }
 
+  async _follow(events) {
+    this.feed = events;
+    this._status("streaming");
+    try {
+      for await (const { type, data, lastEventId } of events) {
+        if (this.closed || this.feed !== events) return; // closed, or gone over to `url`
+        this._receive(type, data, lastEventId);
+      }
+    } catch {
+      // The body failed (a dropped connection, a server restart): go on from `url`.
+    }
+    if (this.closed || this.feed !== events || this.done) return;
+    this.feed = null;
+    this._status("reconnecting");
+    this._open(withOffset(this.options.url, this.offset));
+  }
+
   _open(url) {
     if (this.closed) return;
     const source = new EventSource(url, { withCredentials: false });
@@ -199,31 +278,11 @@ export class Typewriter {
       this.retries = 0;
       this._status("streaming");
     });
-    // Both kinds share one id space: the same gap and duplicate checks serve both.
-    const onText = (kind) => (event) => {
-      const id = Number(event.lastEventId);
-      const { text } = JSON.parse(event.data);
-      const before = this.offset;
-      const length = codePoints(text);
-      if (Number.isFinite(id) && id <= before) return; // already have it
-      // A resumed stream starts exactly at our offset; anything else is a gap.
-      if (Number.isFinite(id) && id - length !== before) {
-        const skip = before - (id - length);
-        if (skip < 0) return this._reopen();
-        this._append(kind, [...text].slice(skip).join(""), id);
-        return;
-      }
-      this._append(kind, text, Number.isFinite(id) ? id : before + length);
-    };
-    source.addEventListener("delta", onText(ANSWER));
-    source.addEventListener("reasoning", onText(REASONING));
+    for (const type of ["delta", "reasoning", "done"]) {
+      source.addEventListener(type, (event) => this._receive(type, event.data, event.lastEventId));
+    }
     source.addEventListener("error", (event) => {
-      if (event.data) {
-        // The server's `error` event (the upstream failed); `done` follows.
-        const error = JSON.parse(event.data);
-        if (this.options.onError) this.options.onError(error);
-        return;
-      }
+      if (event.data) return this._receive("error", event.data); // the server's
       if (this.done) return;
       if (source.readyState === EventSource.CONNECTING) {
         this._status("reconnecting"); // the browser retries with Last-Event-ID
@@ -231,21 +290,47 @@ export class Typewriter {
         this._reopen();
       }
     });
-    source.addEventListener("done", (event) => {
-      const done = JSON.parse(event.data);
-      source.close(); // else the browser would reconnect for ever
+  }
+
+  /** One event of the reply's stream, whichever way it came. */
+  _receive(type, data, lastEventId) {
+    if (type === "delta" || type === "reasoning") {
+      this._text(type === "delta" ? ANSWER : REASONING, lastEventId, JSON.parse(data).text);
+    } else if (type === "error") {
+      // The upstream failed; `done` follows.
+      if (this.options.onError) this.options.onError(JSON.parse(data));
+    } else if (type === "done") {
+      const done = JSON.parse(data);
+      if (this.source) this.source.close(); // else the browser would reconnect for ever
       this.source = null;
       this.endedAt = performance.now();
       this._settle(done.message);
       this.done = done;
       this._schedule();
-    });
+    }
+  }
+
+  /** Text of one kind ending at `lastEventId`: both kinds share one id space. */
+  _text(kind, lastEventId, text) {
+    const id = Number(lastEventId);
+    const before = this.offset;
+    const length = codePoints(text);
+    if (Number.isFinite(id) && id <= before) return; // already have it
+    // A resumed stream starts exactly at our offset; anything else is a gap.
+    if (Number.isFinite(id) && id - length !== before) {
+      const skip = before - (id - length);
+      if (skip < 0) return this._reopen();
+      this._append(kind, [...text].slice(skip).join(""), id);
+      return;
+    }
+    this._append(kind, text, Number.isFinite(id) ? id : before + length);
   }
 
   /** The browser gave up (an HTTP error while reconnecting): ask, then maybe retry. */
   async _reopen() {
     if (this.source) this.source.close();
     this.source = null;
+    this.feed = null;
     if (this.closed || this.done) return;
     this._status("reconnecting");
     const delay = Math.min(MAX_RETRY_MS, 1000 * 2 ** this.retries++);
