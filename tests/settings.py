@@ -35,7 +35,7 @@ CHATSTREAM = {
     "MAX_CONCURRENT_REPLIES": 100,
     "SWEEP_INTERVAL": 0,  # no sweep in the test's own loop; the live tests have theirs
 }
-MIDDLEWARE = [m for m in MIDDLEWARE if "whitenoise" not in m]  # noqa: F405 (no static here)
+MIDDLEWARE = [m for m in MIDDLEWARE if "WhiteNoise" not in m]  # noqa: F405 (no static here)
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     # A file, not shared-cache memory: its table locks fail at once instead of waiting,

@@ -1,0 +1,103 @@
+"""Django's middleware for this project, with its hooks run on the event loop.
+
+Under ASGI, Django's ``MiddlewareMixin`` runs every synchronous ``process_request``
+and ``process_response`` through ``sync_to_async``: a hop to the request's thread and
+back for each, and WhiteNoise (synchronous only) puts the whole stack above it on a
+thread as well. The hooks of the classes here only read headers and cookies and set
+attributes: they do no I/O, except where a class says so, and there the hook still
+goes to a thread.
+
+Security, CSRF and X-Frame-Options stay Django's own classes, hops and all: Django's
+deploy checks (HSTS, SSL redirect, secure CSRF cookie, ...) look for them by dotted
+path, and a subclass would turn those checks off without a word.
+
+The same classes work unchanged under WSGI (and Django's test ``Client``): only
+their async path differs. The reusable app does not rely on them; a host keeps
+whatever middleware it has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
+from django.http import HttpRequest, HttpResponseBase
+from django.middleware import common
+from django.utils.deprecation import MiddlewareMixin
+from whitenoise import middleware as whitenoise  # type: ignore[import-untyped]
+
+
+class _OnTheLoop(MiddlewareMixin):
+    """Runs the hooks inline in async mode; a subclass names the responses that need a thread."""
+
+    def _response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        return False
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        response = None
+        process_request = getattr(self, "process_request", None)
+        if process_request is not None:
+            response = process_request(request)
+        response = response or await self.get_response(request)  # type: ignore[misc]  # async mode
+        process_response = getattr(self, "process_response", None)
+        if process_response is not None:
+            if self._response_needs_thread(request, response):
+                response = await sync_to_async(process_response)(request, response)
+            else:
+                response = process_response(request, response)
+        return response
+
+
+class WhiteNoiseMiddleware(whitenoise.WhiteNoiseMiddleware):
+    """Static files from a thread (they are read from disk); everything else straight on."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        return super().__call__(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if self.autorefresh:  # DEBUG: looks at the disk for every request
+            static_file = await sync_to_async(self.find_file)(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
+        return await self.get_response(request)
+
+
+class SessionMiddleware(_OnTheLoop, sessions.SessionMiddleware):
+    """Saving a modified session writes to its store: that response goes to a thread."""
+
+    def _response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class CommonMiddleware(_OnTheLoop, common.CommonMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(_OnTheLoop, auth.AuthenticationMiddleware):
+    pass
+
+
+class MessageMiddleware(_OnTheLoop, messages.MessageMiddleware):
+    """Messages added or read in this request are stored (maybe in the session): a thread."""
+
+    def _response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        storage = getattr(request, "_messages", None)
+        return storage is not None and (storage.used or storage.added_new)
