@@ -1,6 +1,6 @@
 """How a reply ends: one construct whose exit always ends it, and recovery of orphans.
 
-``async with Ending(spec, writer, settings) as ending`` wraps a generation. Its
+``async with Ending(writer, row=..., ...) as ending`` wraps a generation. Its
 exit, whatever happened inside (an upstream failure, a stop, a cancelled task, a
 database that refuses the write, a row deleted meanwhile), writes the log's one
 final record and releases the lease, so readers always get ``done`` and the
@@ -18,11 +18,12 @@ reply) writes nothing: one reply, one final record. The row's conditional UPDATE
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -32,7 +33,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from chatstream import dbpool, metrics
-from chatstream.models import Message, Role, Status
+from chatstream.models import Message, Status
 from chatstream.replylog import ReplyLog, get_reply_log
 from chatstream.replylog.base import ANSWER, REASONING, Part, ReplyWriter, wait_done
 from chatstream.serializers import message_payload
@@ -105,10 +106,18 @@ def row_fields(final: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _finalise_row(reply_id: str, fields: Mapping[str, Any]) -> tuple[Message | None, bool]:
-    """Finalise the row unless someone already did; returns (message, whether we did)."""
+def _finalise_row(
+    reply_id: str, fields: Mapping[str, Any], row: Message | None = None
+) -> tuple[Message | None, bool]:
+    """Finalise the row unless someone already did; returns (message, whether we did).
+
+    ``row``, the reply as it was created, spares reading the row back when we did:
+    nothing but this write changes a streaming reply's other fields.
+    """
     # The conversation's updated_at moved when the turn began: no second write here.
     won = Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(**fields)
+    if won and row is not None:
+        return finalised(row, fields), True
     try:
         message = Message.objects.select_related("conversation").get(pk=reply_id)
     except Message.DoesNotExist:  # deleted meanwhile (its conversation, its owner)
@@ -116,9 +125,19 @@ def _finalise_row(reply_id: str, fields: Mapping[str, Any]) -> tuple[Message | N
     return message, bool(won)
 
 
-async def persist(reply_id: str, fields: Mapping[str, Any]) -> tuple[Message | None, bool]:
+def finalised(row: Message, fields: Mapping[str, Any]) -> Message:
+    """A copy of ``row`` with its final ``fields``: the row as the final write leaves it."""
+    message = copy.copy(row)
+    for name, value in fields.items():
+        setattr(message, name, value)
+    return message
+
+
+async def persist(
+    reply_id: str, fields: Mapping[str, Any], row: Message | None = None
+) -> tuple[Message | None, bool]:
     """One attempt at the row's final write; raises what the database raises."""
-    return await sync_to_async(_finalise_row)(reply_id, fields)
+    return await sync_to_async(_finalise_row)(reply_id, fields, row)
 
 
 async def announce(message: Message) -> None:
@@ -154,17 +173,9 @@ class Ending:
     ``interrupted`` (cancelled: a shutdown) or as an internal error.
     """
 
-    def __init__(
-        self,
-        writer: ReplyWriter,
-        *,
-        conversation_id: str,
-        created_at: datetime | None,
-        model: str,
-        finalise_retry: float,
-    ) -> None:
+    def __init__(self, writer: ReplyWriter, *, row: Message, finalise_retry: float) -> None:
         self.writer = writer
-        self.conversation_id, self.created_at, self.model = conversation_id, created_at, model
+        self.row = row  # the reply as it was created
         self.finalise_retry = finalise_retry
         self.outcome: Outcome | None = None
         self.fields: dict[str, Any] = {}
@@ -199,11 +210,12 @@ class Ending:
         if not await writer.holds_lease():
             await writer.close(None)  # fenced out: whoever took it over ends it
             return
-        attempt = asyncio.ensure_future(persist(writer.reply_id, fields))
+        attempt = asyncio.ensure_future(persist(writer.reply_id, fields, self.row))
         written = await wait_done(attempt, _ROW_WAIT) and attempt.exception() is None
         message, won = attempt.result() if written else (None, False)
         try:
-            await writer.close(final_record(message or self._unsaved(fields)))
+            # Without the database's word, done tells the row as it will be.
+            await writer.close(final_record(message or finalised(self.row, fields)))
         finally:
             if not written:
                 message, won = await self._retry(attempt, fields)
@@ -237,18 +249,7 @@ class Ending:
                 metrics.FINALISE_RETRIES.inc()
             await asyncio.sleep(delay)
             delay = min(2 * delay, _RETRY_MOST)
-            attempt = asyncio.ensure_future(persist(reply_id, fields))
-
-    def _unsaved(self, fields: Mapping[str, Any]) -> Message:
-        """The row as it will be, for ``done`` while the database does not answer."""
-        return Message(
-            id=self.writer.reply_id,
-            conversation_id=self.conversation_id,
-            role=Role.ASSISTANT,
-            model=self.model,
-            created_at=self.created_at or fields["finished_at"],
-            **fields,
-        )
+            attempt = asyncio.ensure_future(persist(reply_id, fields, self.row))
 
 
 async def recover(

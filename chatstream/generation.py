@@ -14,7 +14,6 @@ import contextlib
 import contextvars
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -51,12 +50,12 @@ class ReplySpec:
     reply_id: str
     connection: str
     request: ChatRequest
+    #: The reply's row as created: its ending tells ``done`` from it while the database
+    #: does not answer, and needs no read-back once it has finalised it.
+    row: Message
     owner_key: str = ""
     #: Tokens this reply may use before it is stopped (the owner's daily quota left).
     token_budget: int | None = None
-    #: The row's own, so that ``done`` can be told while the database does not answer.
-    conversation_id: str = ""
-    created_at: datetime | None = None
     #: The model's price (the reply's cost is computed when it ends), and the owner's
     #: money left today as output tokens (the reply stops past it).
     price: Price | None = None
@@ -83,11 +82,7 @@ class Generation:
         async with ThreadSensitiveContext():
             try:
                 reply = ending.Ending(
-                    self.writer,
-                    conversation_id=self.spec.conversation_id,
-                    created_at=self.spec.created_at,
-                    model=self.spec.request.model,
-                    finalise_retry=self.settings.finalise_retry,
+                    self.writer, row=self.spec.row, finalise_retry=self.settings.finalise_retry
                 )
                 started = asyncio.get_running_loop().time()
                 try:

@@ -136,11 +136,12 @@ def _history(reply: Message, assistant: Assistant | None, budget: int) -> list[d
 
 
 def _new_reply(
-    conversation_id: Any, question: Message, assistant: Assistant | None, model: str
+    conversation: Conversation, question: Message, assistant: Assistant | None, model: str
 ) -> Message:
-    """An unsaved streaming reply to ``question``."""
+    """An unsaved streaming reply to ``question``, holding its conversation (for
+    ``reply_finished`` receivers, which get the finalised reply without a query)."""
     return Message(
-        conversation_id=conversation_id,
+        conversation=conversation,
         role=Role.ASSISTANT,
         status=Status.STREAMING,
         reply_to=question,
@@ -165,9 +166,10 @@ def _create_turn(
                 created_at=now,
                 finished_at=now,
             )
-            reply = _new_reply(conversation.pk, question, assistant, model)
+            reply = _new_reply(conversation, question, assistant, model)
             Message.objects.bulk_create([question, reply])  # one INSERT for the turn
             changes: dict[str, Any] = {"updated_at": now}
+            conversation.updated_at = now
             if not conversation.title:
                 changes["title"] = conversation.title = " ".join(content.split())[:_TITLE_LENGTH]
             Conversation.objects.filter(pk=conversation.pk).update(**changes)
@@ -181,7 +183,7 @@ def _replace_reply(old: Message, assistant: Assistant | None, model: str, budget
         with transaction.atomic():
             Message.objects.filter(pk=old.pk).update(superseded=True)
             question = Message.objects.get(replies=old)
-            reply = _new_reply(old.conversation_id, question, assistant, model)
+            reply = _new_reply(old.conversation, question, assistant, model)
             reply.previous_id = old.pk
             reply.save(force_insert=True)
     except IntegrityError:
@@ -240,10 +242,9 @@ async def _begin(
         str(reply.pk),
         connection,
         request,
+        reply,
         owner.key,
         admitted.token_budget,
-        conversation_id=str(reply.conversation_id),
-        created_at=reply.created_at,
         price=admitted.price,
         cost_budget=_cost_budget(admitted, history),
     )
@@ -311,7 +312,7 @@ def _replace_question(
                 created_at=max(now, old.created_at + timedelta(microseconds=1)),
                 finished_at=now,
             )
-            reply = _new_reply(old.conversation_id, question, assistant, model)
+            reply = _new_reply(old.conversation, question, assistant, model)
             Message.objects.bulk_create([question, reply])
             Conversation.objects.filter(pk=old.conversation_id).update(updated_at=now)
     except IntegrityError:

@@ -29,6 +29,7 @@ from chatstream.generation import registry
 from chatstream.models import Conversation, Message, Role, Status
 from chatstream.providers.demo import demo_reply
 from chatstream.replylog import get_reply_log
+from chatstream.serializers import message_payload
 from chatstream.signals import reply_finished
 from tests.conftest import ROOT, RedisServer, new_postgres_database
 from tests.fake_openai import FakeOpenAI, Script
@@ -108,6 +109,44 @@ async def test_readers_get_done_while_the_database_refuses_and_the_row_follows(
     row = await Message.objects.aget(pk=reply_id)
     assert (row.status, row.content) == (Status.COMPLETE, text)
     assert finished_replies == [(reply_id, "complete")]
+
+
+async def test_the_finalised_reply_is_the_row_as_written_without_reading_it_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    statements: list[str] = []
+    original = CursorWrapper._execute_with_wrappers
+
+    def recording(self: CursorWrapper, sql: str, *args: Any, **kwargs: Any) -> Any:
+        statements.append(sql)
+        return original(self, sql, *args, **kwargs)
+
+    received: list[tuple[dict[str, Any], str]] = []
+
+    async def receiver(sender: Any, message: Message, **kwargs: Any) -> None:
+        # An async receiver: its conversation must be there without a query.
+        received.append((message_payload(message), message.conversation.title))
+
+    client = AsyncClient()
+    conversation = await new_conversation(client)
+    reply_finished.connect(receiver)
+    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", recording)
+    try:
+        started = await send(client, conversation, "hello there")
+        reply_id = started["assistant_message"]["id"]
+        await registry.wait(reply_id, timeout=20)
+    finally:
+        monkeypatch.undo()
+        reply_finished.disconnect(receiver)
+
+    final = next(
+        i
+        for i, sql in enumerate(statements)
+        if sql.startswith('UPDATE "chatstream_message"') and '"finished_at"' in sql
+    )
+    assert not [sql for sql in statements[final + 1 :] if "chatstream_message" in sql]
+    row = await Message.objects.select_related("conversation").aget(pk=reply_id)
+    assert received == [(message_payload(row), "hello there")]
 
 
 async def test_a_row_given_up_on_is_finalised_from_the_log_by_the_next_message(
