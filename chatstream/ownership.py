@@ -45,29 +45,56 @@ class Owner:
         return f"u:{self.user_id}" if self.user_id is not None else f"a:{self.anonymous_id}"
 
 
-async def aowner_of(user: Any, session: Any, *, create: bool = False) -> Owner:
+def owner_of(user: Any, session: Any, *, create: bool = False) -> Owner:
     """The owner for a ``user`` (or ``None``) and a ``session`` (or ``None``).
 
-    One rule for every transport: HTTP requests (``aget_owner``) and WebSocket
+    One rule for every transport: HTTP requests (``get_owner``) and WebSocket
     scopes (``aget_scope_owner``). ``create`` gives a new anonymous visitor an id.
     Raises ``NotAuthenticated`` when nobody is signed in and anonymous chat is off.
+    Sync: it may load the session (and the user) from their stores.
     """
+    signed_in = _signed_in(user, session)
+    if signed_in is not None:
+        return signed_in
+    anonymous_id = session.get(ANONYMOUS_OWNER_KEY)
+    if not anonymous_id and create:
+        anonymous_id = session[ANONYMOUS_OWNER_KEY] = uuid.uuid4().hex
+    return _anonymous(anonymous_id)
+
+
+async def aowner_of(user: Any, session: Any, *, create: bool = False) -> Owner:
+    """``owner_of`` from async code."""
+    signed_in = _signed_in(user, session)
+    if signed_in is not None:
+        return signed_in
+    anonymous_id = await session.aget(ANONYMOUS_OWNER_KEY)
+    if not anonymous_id and create:
+        anonymous_id = uuid.uuid4().hex
+        await session.aset(ANONYMOUS_OWNER_KEY, anonymous_id)
+    return _anonymous(anonymous_id)
+
+
+def _signed_in(user: Any, session: Any) -> Owner | None:
+    """The user's owner; ``None`` for a visitor who may chat anonymously."""
     if user is not None and user.is_authenticated:
         return Owner(user_id=user.pk)
     if not get_settings().allow_anonymous or session is None:
         raise NotAuthenticated()
-    anonymous_id = await session.aget(ANONYMOUS_OWNER_KEY)
-    if not anonymous_id:
-        if not create:
-            # Nothing can be theirs yet; an id nobody holds matches nothing.
-            return Owner(anonymous_id=f"none-{uuid.uuid4().hex}")
-        anonymous_id = uuid.uuid4().hex
-        await session.aset(ANONYMOUS_OWNER_KEY, anonymous_id)
-    return Owner(anonymous_id=anonymous_id)
+    return None
+
+
+def _anonymous(anonymous_id: str | None) -> Owner:
+    # Nothing can be theirs without an id yet; an id nobody holds matches nothing.
+    return Owner(anonymous_id=anonymous_id or f"none-{uuid.uuid4().hex}")
+
+
+def get_owner(request: HttpRequest, *, create: bool = False) -> Owner:
+    """The caller of an HTTP request as an owner; see ``owner_of``."""
+    return owner_of(request.user, getattr(request, "session", None), create=create)
 
 
 async def aget_owner(request: HttpRequest, *, create: bool = False) -> Owner:
-    """The caller of an HTTP request as an owner; see ``aowner_of``."""
+    """The caller of an HTTP request as an owner; see ``owner_of``."""
     return await aowner_of(await request.auser(), getattr(request, "session", None), create=create)
 
 

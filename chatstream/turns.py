@@ -210,28 +210,22 @@ async def _begin(
     Limits come first: a refused message stores nothing.
     """
     settings = get_settings()
-    admit = sync_to_async(_admit)
+    admit_and_create = sync_to_async(_admit_and_create)
     try:
-        admitted = await admit(owner, conversation, settings)
+        admitted, turn = await admit_and_create(owner, conversation, settings, create)
     except limits.TooManyReplies as busy:
         # Only replies that are really alive count: orphans are finalised, then look again.
         if not await recover_all(busy.reply_ids):
             raise
-        admitted = await admit(owner, conversation, settings)
-    assistant, connection, model = admitted.assistant, admitted.connection, admitted.model
-    history_budget = context.history_budget(
-        model,
-        assistant=assistant.context_tokens if assistant else None,
-        connection=settings.connections[connection].context_tokens,
-        max_output=assistant.max_output_tokens if assistant else None,
-    )
-    make = sync_to_async(create)
-    try:
-        question, reply, history = await make(assistant, model, history_budget)
-    except ReplyInProgress:
+        admitted, turn = await admit_and_create(owner, conversation, settings, create)
+    if turn is None:
+        # A streaming reply holds the conversation: if its generation died, finalise it
+        # and create the rows once more (the limits were counted already).
         if not await _recover_streaming(conversation.pk):
-            raise
-        question, reply, history = await make(assistant, model, history_budget)
+            raise ReplyInProgress()
+        turn = await sync_to_async(_create)(admitted, settings, create)
+    question, reply, history = turn
+    assistant, connection, model = admitted.assistant, admitted.connection, admitted.model
     request = ChatRequest(
         model=model,
         messages=history,
@@ -269,6 +263,35 @@ class _Admission:
     connection: str
     model: str
     price: Price | None
+
+
+def _admit_and_create(
+    owner: Owner,
+    conversation: Conversation,
+    settings: ChatstreamSettings,
+    create: Callable[[Assistant | None, str, int], Turn],
+) -> tuple[_Admission, Turn | None]:
+    """The limits, then the rows, in one thread hop; no turn while a reply streams."""
+    admitted = _admit(owner, conversation, settings)
+    try:
+        return admitted, _create(admitted, settings, create)
+    except ReplyInProgress:
+        return admitted, None
+
+
+def _create(
+    admitted: _Admission,
+    settings: ChatstreamSettings,
+    create: Callable[[Assistant | None, str, int], Turn],
+) -> Turn:
+    assistant = admitted.assistant
+    budget = context.history_budget(
+        admitted.model,
+        assistant=assistant.context_tokens if assistant else None,
+        connection=settings.connections[admitted.connection].context_tokens,
+        max_output=assistant.max_output_tokens if assistant else None,
+    )
+    return create(assistant, admitted.model, budget)
 
 
 def _admit(owner: Owner, conversation: Conversation, settings: ChatstreamSettings) -> _Admission:

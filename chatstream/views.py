@@ -45,7 +45,7 @@ from chatstream.exceptions import (
 from chatstream.generation import registry
 from chatstream.http import EventStreamResponse, JsonErrorResponse
 from chatstream.models import Assistant, Conversation, Message, Role, Status
-from chatstream.ownership import Owner, aget_owner
+from chatstream.ownership import Owner, aget_owner, get_owner
 from chatstream.replylog import get_reply_log
 from chatstream.replylog.base import ANSWER
 from chatstream.serializers import conversation_payload, message_payload
@@ -158,23 +158,43 @@ async def _assistant(slug: str | None) -> Assistant | None:
     return assistant
 
 
-async def _conversation(owner: Owner, conversation_id: str) -> Conversation:
+def _get_conversation(owner: Owner, conversation_id: str) -> Conversation:
     # get() rather than first(): a primary key needs no ORDER BY to build and run.
     rows = Conversation.objects.select_related("assistant").filter(owner.of())
     try:
-        return await rows.aget(pk=_uuid(conversation_id))
+        return rows.get(pk=_uuid(conversation_id))
     except Conversation.DoesNotExist:
         raise NotFound("No such conversation.") from None
 
 
-async def _message(owner: Owner, message_id: str) -> Message:
+def _get_message(owner: Owner, message_id: str) -> Message:
     rows = Message.objects.select_related("conversation__assistant").filter(
         owner.of("conversation__")
     )
     try:
-        return await rows.aget(pk=_uuid(message_id))
+        return rows.get(pk=_uuid(message_id))
     except Message.DoesNotExist:
         raise NotFound("No such message.") from None
+
+
+def _owned_conversation(request: HttpRequest, conversation_id: str) -> tuple[Owner, Conversation]:
+    owner = get_owner(request)
+    return owner, _get_conversation(owner, conversation_id)
+
+
+def _owned_message(request: HttpRequest, message_id: str) -> tuple[Owner, Message]:
+    owner = get_owner(request)
+    return owner, _get_message(owner, message_id)
+
+
+async def _conversation(request: HttpRequest, conversation_id: str) -> tuple[Owner, Conversation]:
+    """The caller and their conversation (else 404): the session and the row in one hop."""
+    return await sync_to_async(_owned_conversation)(request, conversation_id)
+
+
+async def _message(request: HttpRequest, message_id: str) -> tuple[Owner, Message]:
+    """The caller and their message (else 404): the session and the row in one hop."""
+    return await sync_to_async(_owned_message)(request, message_id)
 
 
 async def _started(request: HttpRequest, user_message: Message, reply: Message) -> HttpResponseBase:
@@ -275,8 +295,7 @@ async def conversations(request: HttpRequest) -> HttpResponse:
 
 @api_view("GET", "PATCH", "DELETE")
 async def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
-    owner = await aget_owner(request)
-    conversation = await _conversation(owner, conversation_id)
+    _, conversation = await _conversation(request, conversation_id)
     if request.method == "GET":
         messages = [m async for m in turns.current_messages(conversation.pk)]
         return JsonResponse(conversation_payload(conversation, messages))
@@ -298,8 +317,7 @@ async def conversation(request: HttpRequest, conversation_id: str) -> HttpRespon
 
 @api_view("GET")
 async def export_conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
-    owner = await aget_owner(request)
-    conversation = await _conversation(owner, conversation_id)
+    _, conversation = await _conversation(request, conversation_id)
     fmt = request.GET.get("format", "md")
     if fmt not in export.FORMATS:
         raise BadRequest("'format' is md or json.", code="invalid_format")
@@ -323,8 +341,7 @@ async def assistants(request: HttpRequest) -> HttpResponse:
 
 @api_view("POST")
 async def messages(request: HttpRequest, conversation_id: str) -> HttpResponseBase:
-    owner = await aget_owner(request)
-    conversation = await _conversation(owner, conversation_id)
+    owner, conversation = await _conversation(request, conversation_id)
     data = _body(request)
     content = data.get("content")
     if not isinstance(content, str):
@@ -335,8 +352,7 @@ async def messages(request: HttpRequest, conversation_id: str) -> HttpResponseBa
 
 @api_view("POST")
 async def regenerate(request: HttpRequest, message_id: str) -> HttpResponseBase:
-    owner = await aget_owner(request)
-    message = await _message(owner, message_id)
+    owner, message = await _message(request, message_id)
     if message.role != Role.ASSISTANT:
         raise Conflict("Only an assistant reply can be regenerated.", code="not_a_reply")
     user_message, reply = await turns.aregenerate(owner, message)
@@ -345,8 +361,7 @@ async def regenerate(request: HttpRequest, message_id: str) -> HttpResponseBase:
 
 @api_view("POST")
 async def edit(request: HttpRequest, message_id: str) -> HttpResponseBase:
-    owner = await aget_owner(request)
-    question = await _message(owner, message_id)
+    owner, question = await _message(request, message_id)
     content = _body(request).get("content")
     if not isinstance(content, str):
         raise BadRequest("'content' must be a string.", code="invalid_content")
@@ -357,8 +372,7 @@ async def edit(request: HttpRequest, message_id: str) -> HttpResponseBase:
 @api_view("GET")
 async def versions(request: HttpRequest, message_id: str) -> HttpResponse:
     """A message's versions, oldest first; a question's each with the reply it got."""
-    owner = await aget_owner(request)
-    message = await _message(owner, message_id)
+    _, message = await _message(request, message_id)
 
     def gather() -> list[dict[str, Any]]:
         found = []
@@ -375,8 +389,7 @@ async def versions(request: HttpRequest, message_id: str) -> HttpResponse:
 
 @api_view("GET")
 async def message(request: HttpRequest, message_id: str) -> HttpResponse:
-    owner = await aget_owner(request)
-    message = await _message(owner, message_id)
+    _, message = await _message(request, message_id)
     if message.status == Status.STREAMING:
         # Its generation may have ended (the row's write still retried) or died.
         with contextlib.suppress(ReplyLogUnavailable):  # then the row is all we know
@@ -387,8 +400,7 @@ async def message(request: HttpRequest, message_id: str) -> HttpResponse:
 
 @api_view("POST")
 async def stop(request: HttpRequest, message_id: str) -> HttpResponse:
-    owner = await aget_owner(request)
-    message = await _message(owner, message_id)
+    _, message = await _message(request, message_id)
     if message.status == Status.STREAMING:
         log = get_reply_log()
         if await log.is_alive(str(message.id)):
@@ -477,7 +489,7 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponseBase:
     length = await _own_live_length(owner, reply_id, offset)
     if length is not None:
         return await _follow(reply_id, offset, length)
-    message = await _message(owner, message_id)
+    message = await sync_to_async(_get_message)(owner, message_id)
     if message.role != Role.ASSISTANT:
         raise NotFound("No such reply.")
     if message.status == Status.STREAMING:
