@@ -7,7 +7,8 @@ of its ``stream_url``), against the bench's fake upstream sending one token. Pri
 process's CPU time (every thread) per reply for chatstream and for the baseline
 relay, each the median of ``--rounds`` rounds of ``--replies`` replies.
 ``--history N`` gives every reply N earlier question-and-answer turns (the
-baseline sends the same turns to the SDK).
+baseline sends the same turns to the SDK); ``--database-url`` and ``--redis-url``
+run it on PostgreSQL and with Redis, as a production worker would.
 
     .venv/bin/python bench/setup_cost.py
     .venv/bin/python bench/setup_cost.py --history 20
@@ -162,6 +163,9 @@ def main() -> None:
     parser.add_argument(
         "--database-url", default="", help="a database to use instead of a new SQLite file"
     )
+    parser.add_argument(
+        "--redis-url", default="", help="REDIS_URL: the reply log and the cache in Redis"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="chatstream-setup-"))
     upstream = subprocess.Popen(
@@ -174,6 +178,8 @@ def main() -> None:
         os.environ.update(django_environment(workdir / "db.sqlite3", port))
         if args.database_url:
             os.environ["DATABASE_URL"] = args.database_url
+        if args.redis_url:
+            os.environ["REDIS_URL"] = args.redis_url
         for command in (["manage.py", "migrate", "-v0"], ["manage.py", "chatstream_seed"]):
             subprocess.run([sys.executable, *command], cwd=ROOT, check=True, capture_output=True)
         count = (5 + args.rounds * args.replies) * 2
