@@ -122,11 +122,16 @@ def _history(reply: Message, assistant: Assistant | None, budget: int) -> list[d
         system.append({"role": "system", "content": assistant.system_prompt})
     rows = (
         current_messages(reply.conversation_id)
-        .filter(role__in=[Role.USER, Role.ASSISTANT], created_at__lt=reply.created_at)
-        .exclude(role=Role.ASSISTANT, content="")
+        .filter(created_at__lt=reply.created_at)
         .values_list("role", "content")
     )
-    turns = [{"role": role, "content": content} for role, content in rows]
+    # Roles and empty replies are picked here, not in SQL: every reply runs this query,
+    # and each condition costs more to build than the rows it would leave out.
+    turns = [
+        {"role": role, "content": content}
+        for role, content in rows
+        if role == Role.USER or (role == Role.ASSISTANT and content)
+    ]
     spent = estimate_messages(system) + estimate_messages(turns[-1:])
     kept = len(turns) - 1
     while kept > 0 and spent + estimate_messages(turns[kept - 1 : kept]) <= budget:
