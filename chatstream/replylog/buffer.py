@@ -4,7 +4,9 @@ The in-process log keeps every reply in one; the Redis log keeps the replies its
 process generates in one too, so readers on the owning worker never wait on Redis.
 Memory is bounded by the text: appends are kept as blocks merged as they
 accumulate (adjacent blocks of one kind only), so a reply of many tiny deltas
-does not cost an object per token.
+does not cost an object per token. A finished reply stays for the log's TTL,
+read or not, and its final record carries the persisted message, text and all:
+``finish()`` then keeps the text once, one block per run, shared with that record.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ class ReplyBuffer:
         self.sealed = len(self.blocks)
 
     def finish(self, final: Mapping[str, Any]) -> None:
-        self.final = final
+        """Keep ``final`` and wake the readers; the text is kept once from here on."""
+        self.sealed = 0
+        if self.blocks:
+            self._merge()  # one block per run of a kind
+        self.final = _sharing(final, self.kinds, self.blocks)
         self._wake()
 
     def after(self, offset: int) -> tuple[Part, ...]:
@@ -86,6 +92,28 @@ class ReplyBuffer:
     def _wake(self) -> None:
         self.changed.set_result(None)
         self.changed = self.changed.get_loop().create_future()
+
+
+_MESSAGE_TEXT: dict[PartKind, str] = {ANSWER: "content", REASONING: "reasoning"}
+
+
+def _sharing(
+    final: Mapping[str, Any], kinds: list[PartKind], blocks: list[str]
+) -> Mapping[str, Any]:
+    """``final`` with its message's texts replaced by the equal blocks of ours.
+
+    The record's own strings are dropped rather than ours: they went to the
+    database, and a driver may have cached a UTF-8 copy inside them (sqlite3 does).
+    """
+    message = final.get("message")
+    if not isinstance(message, Mapping):
+        return final
+    shared = {}
+    for kind, name in _MESSAGE_TEXT.items():
+        runs = [block for k, block in zip(kinds, blocks, strict=True) if k == kind]
+        if len(runs) == 1 and message.get(name) == runs[0]:
+            shared[name] = runs[0]
+    return {**final, "message": {**message, **shared}} if shared else final
 
 
 def _runs(pieces: Any) -> list[Part]:
