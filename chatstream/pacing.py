@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from chatstream import metrics
 
 PERIOD = 0.1  # s between two lag samples
-CALM = 0.005  # s of lag at or below which frames keep FLUSH_INTERVAL
-BUSY = 0.05  # s of lag at which frames are FLUSH_INTERVAL_MAX apart
+CALM = 0.01  # s of lag at or below which frames keep FLUSH_INTERVAL
+BUSY = 0.1  # s of lag at which frames are FLUSH_INTERVAL_MAX apart
 _DECAY = 0.8  # lag rises at once with a late wake-up and falls back over about a second
 
 
