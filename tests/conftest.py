@@ -207,7 +207,10 @@ def make_worker_pair(
     return a, b
 
 
-@pytest.fixture(scope="session", params=["daphne", "uvicorn"])
+SERVERS = ["daphne", "uvicorn", "granian"]
+
+
+@pytest.fixture(scope="session", params=SERVERS)
 def asgi_server(
     request: pytest.FixtureRequest,
     fake_openai: FakeOpenAI,
@@ -220,11 +223,11 @@ def asgi_server(
 
 @pytest.fixture
 def fresh_server(fake_openai: FakeOpenAI, tmp_path: Path) -> Iterator[Any]:
-    """Builds daphne servers of its own, for tests that kill or signal them."""
+    """Builds servers of its own (daphne unless told), for tests that kill or signal them."""
     servers: list[LiveServer] = []
 
-    def build(**extra_env: str) -> LiveServer:
-        server = make_live_server("daphne", tmp_path / f"s{len(servers)}", fake_openai, **extra_env)
+    def build(kind: str = "daphne", **extra_env: str) -> LiveServer:
+        server = make_live_server(kind, tmp_path / f"s{len(servers)}", fake_openai, **extra_env)
         servers.append(server)
         return server
 
