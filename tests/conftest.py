@@ -207,10 +207,7 @@ def make_worker_pair(
     return a, b
 
 
-SERVERS = ["daphne", "uvicorn", "granian"]
-
-
-@pytest.fixture(scope="session", params=SERVERS)
+@pytest.fixture(scope="session", params=["daphne", "uvicorn"])
 def asgi_server(
     request: pytest.FixtureRequest,
     fake_openai: FakeOpenAI,
@@ -223,11 +220,11 @@ def asgi_server(
 
 @pytest.fixture
 def fresh_server(fake_openai: FakeOpenAI, tmp_path: Path) -> Iterator[Any]:
-    """Builds servers of its own (daphne unless told), for tests that kill or signal them."""
+    """Builds daphne servers of its own, for tests that kill or signal them."""
     servers: list[LiveServer] = []
 
-    def build(kind: str = "daphne", **extra_env: str) -> LiveServer:
-        server = make_live_server(kind, tmp_path / f"s{len(servers)}", fake_openai, **extra_env)
+    def build(**extra_env: str) -> LiveServer:
+        server = make_live_server("daphne", tmp_path / f"s{len(servers)}", fake_openai, **extra_env)
         servers.append(server)
         return server
 

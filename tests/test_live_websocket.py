@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import SERVERS, LiveServer, make_live_server, make_worker_pair
+from tests.conftest import LiveServer, make_live_server, make_worker_pair
 from tests.fake_openai import FakeOpenAI, Script
 from tests.sse_client import ApiClient
 
@@ -332,7 +332,7 @@ def memory_kib(pid: int, field: str) -> int:
     raise LookupError(field)
 
 
-@pytest.fixture(params=SERVERS)
+@pytest.fixture(params=["daphne", "uvicorn"])
 def fresh_asgi_server(
     request: pytest.FixtureRequest, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> Iterator[LiveServer]:
