@@ -39,11 +39,7 @@ def free_port() -> int:
 
 @dataclass
 class LiveServer:
-    """A real ASGI server process (daphne, uvicorn or granian) running the demo project.
-
-    Granian's process is a supervisor that forks one worker: ``pid`` is the worker,
-    the process that serves; signals go to the supervisor, as an init system's do.
-    """
+    """A real ASGI server process (daphne or uvicorn) running the demo project."""
 
     kind: str
     workdir: Path
@@ -52,7 +48,6 @@ class LiveServer:
     process: subprocess.Popen[bytes] | None = None
     log: Any = None
     extra_env: dict[str, str] = field(default_factory=dict)
-    _worker: int | None = None
 
     @property
     def url(self) -> str:
@@ -84,21 +79,11 @@ class LiveServer:
         app = "project.asgi:application"
         if self.kind == "daphne":
             command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), app]
-        elif self.kind == "uvicorn":
+        else:
             command = [
                 sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
                 "--port", str(self.port), "--lifespan", "off", "--no-access-log",
             ]  # fmt: skip
-        else:
-            assert self.kind == "granian", self.kind
-            # With the lifespan: granian's worker exits once its connections are done, and
-            # awaits only the lifespan's shutdown, where replies nobody reads are finalised.
-            command = [
-                sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
-                "--port", str(self.port), "--workers", "1", "--backlog", "2048", "--http", "1",
-                "--ws", "--no-access-log", app,
-            ]  # fmt: skip
-        self._worker = None
         if self.log is not None:
             self.log.close()
         self.log = open(self.workdir / f"{self.kind}.log", "ab")  # noqa: SIM115
@@ -110,7 +95,6 @@ class LiveServer:
             assert self.process.poll() is None, self.read_log()
             try:
                 if httpx2.get(self.url + "/api/assistants/", timeout=1).status_code < 500:
-                    self._worker = self._find_worker()
                     return self
             except httpx2.HTTPError:
                 time.sleep(0.1)
@@ -119,36 +103,10 @@ class LiveServer:
     def read_log(self) -> str:
         return (self.workdir / f"{self.kind}.log").read_text(errors="replace")
 
-    @property
-    def pid(self) -> int:
-        """The process that serves: granian's worker, not the supervisor that forked it."""
-        assert self.process is not None
-        return self._worker or self.process.pid
-
-    def _find_worker(self) -> int | None:
-        assert self.process is not None
-        if self.kind != "granian":
-            return None
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        workers = children.read_text().split()
-        assert len(workers) == 1, f"expected one granian worker, found {workers}"
-        return int(workers[0])
-
     def signal(self, signum: int, timeout: float = 20) -> int:
         assert self.process is not None
-        if signum == signal.SIGKILL:
-            self.kill()
-        else:
-            self.process.send_signal(signum)
+        self.process.send_signal(signum)
         return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        """SIGKILL the server, worker first: a supervisor killed alone orphans its worker."""
-        assert self.process is not None
-        if self.pid != self.process.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        self.process.kill()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -156,7 +114,7 @@ class LiveServer:
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.kill()
+                self.process.kill()
                 self.process.wait()
         if self.log is not None:
             self.log.close()

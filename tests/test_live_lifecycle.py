@@ -199,14 +199,14 @@ def test_stalled_worker_learns_it_lost_the_reply_and_closes_its_upstream(
             with on(b, on_a) as on_b:
                 reader = on_b.events(started["stream_url"])
                 seen = first_deltas(reader, 3)
-                os.kill(a.pid, signal.SIGSTOP)
+                os.kill(a.process.pid, signal.SIGSTOP)
                 try:
                     stalled_at = time.monotonic()
                     seen += list(reader)  # the lease lapses; B recovers the reply from its log
                     ended_after = time.monotonic() - stalled_at
                     recovered = message(on_b, reply)
                 finally:
-                    os.kill(a.pid, signal.SIGCONT)
+                    os.kill(a.process.pid, signal.SIGCONT)
                 resumed_at = time.monotonic()
                 upstream = fake_openai.wait_request(prompt)
                 closed = upstream.ended_event.wait(10) and upstream.closed_early

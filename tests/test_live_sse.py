@@ -314,7 +314,8 @@ def test_regenerate_with_a_seeded_assistant_streams_a_new_reply(
 
 
 def server_threads(server: LiveServer) -> int:
-    with open(f"/proc/{server.pid}/status") as status:
+    assert server.process is not None
+    with open(f"/proc/{server.process.pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
 
 

@@ -356,7 +356,7 @@ async def test_slow_clients_cost_at_most_about_the_reply_and_never_hold_up_other
     clients, reading again, get exactly the text in fewer frames than tokens.
     """
     server = fresh_asgi_server
-    pid = server.pid
+    pid = server.process.pid  # type: ignore[union-attr]
     full = "".join(BIG_TOKENS)
     big = fake_openai.script(unique("big"), Script(tokens=BIG_TOKENS))
     paced_tokens = [f"p{i} " for i in range(20)]
