@@ -255,7 +255,6 @@ class GenerationRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._interrupted: set[asyncio.Task[None]] = set()  # cancelled by a shutdown
         self._sweeper: asyncio.Task[None] | None = None
 
     def ensure_sweeping(self) -> None:
@@ -305,9 +304,7 @@ class GenerationRegistry:
         shutdown.install(lambda: self.shutdown(settings.shutdown_grace))
 
     def _ended(self, reply_id: str) -> None:
-        task = self._tasks.pop(reply_id, None)
-        if task is not None:
-            self._interrupted.discard(task)
+        self._tasks.pop(reply_id, None)
         metrics.REPLIES_LIVE.dec()
 
     async def wait(self, reply_id: str, timeout: float | None = None) -> None:
@@ -317,19 +314,12 @@ class GenerationRegistry:
             await asyncio.wait({task}, timeout=timeout)
 
     async def shutdown(self, timeout: float) -> None:
-        """Finalise every running reply as ``interrupted``; waits at most ``timeout``.
-
-        Called once per signal and once more by the ASGI lifespan's shutdown, so
-        perhaps several times at once: each task is cancelled once only, since a
-        second cancellation would cut short the ending its first one started.
-        """
+        """Finalise every running reply as ``interrupted``; waits at most ``timeout``."""
         if self._sweeper is not None:
             self._sweeper.cancel()
         tasks = list(self._tasks.values())
         for task in tasks:
-            if task not in self._interrupted:
-                self._interrupted.add(task)
-                task.cancel()
+            task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 

@@ -3,9 +3,7 @@
 Neither Daphne nor Django gives an app a shutdown hook for free-standing tasks
 (Daphne has no ASGI lifespan), so this chains in front of whatever handler the
 server installed, runs the registry's shutdown on the event loop, and then calls
-that handler so the server stops as it would have. A server whose handler is on the
-event loop (``loop.add_signal_handler``) is not chained: it hears the signal too, at
-once; ``chatstream.lifespan`` covers that case.
+that handler so the server stops as it would have.
 """
 
 from __future__ import annotations

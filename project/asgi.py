@@ -1,9 +1,7 @@
 """ASGI entry point: HTTP through Django, WebSocket through the chatstream consumer.
 
 WebSockets are checked against ``ALLOWED_HOSTS`` by their Origin and signed in by
-the Django session, like the HTTP API. ``runserver`` (Daphne) serves both. A server
-that speaks the ASGI lifespan gets chatstream's, which finalises in-flight replies
-before the worker exits.
+the Django session, like the HTTP API. ``runserver`` (Daphne) serves both.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from chatstream.lifespan import LifespanHandler  # noqa: E402
 from chatstream.routing import websocket_urls  # noqa: E402
 from project.admission import AdmissionLimit  # noqa: E402
 
@@ -29,6 +26,5 @@ application = ProtocolTypeRouter(
     {
         "http": AdmissionLimit(django_application, settings.MAX_ACTIVE_REQUESTS),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urls()))),
-        "lifespan": LifespanHandler(),
     }
 )
