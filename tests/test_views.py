@@ -479,9 +479,7 @@ async def test_one_request_per_reply_when_the_client_asks_for_an_event_stream() 
     assert events[-1].event == "done" and events[-1].id == len(demo_reply("hello"))
     # Exactly what GET stream_url sends from offset 0, after the started event.
     _, again = await stream_text(client, started.data["stream_url"])
-    assert [(e.event, e.id, e.data) for e in events[1:]] == [
-        (e.event, e.id, e.data) for e in again
-    ]
+    assert [(e.event, e.id, e.data) for e in events[1:]] == [(e.event, e.id, e.data) for e in again]
     # Refusals stay JSON with their status.
     busy = await post(
         client,
