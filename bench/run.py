@@ -37,14 +37,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.client import Owner  # noqa: E402
-from bench.harness import FULL, QUICK, RESULTS, SCENARIOS, Bench, Sizes  # noqa: E402
+from bench.harness import FULL, QUICK, RESULTS, SCENARIOS, Bench  # noqa: E402
 from bench.processes import PYTHON, Redis, Upstream, cores, raise_open_files  # noqa: E402
 from bench.report import report  # noqa: E402
 from bench.scenarios import run_matrix  # noqa: E402
 
 
-def prepare(workdir: Path, sizes: Sizes) -> tuple[Path, list[Owner]]:
-    """One migrated, seeded database with an owner and conversation per stream."""
+def prepare(workdir: Path, count: int) -> tuple[Path, list[Owner]]:
+    """One migrated, seeded database with ``count`` owners, each with a conversation."""
     template = workdir / "template.sqlite3"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "REDIS", "DJANGO"))}
     env.update(
@@ -58,7 +58,7 @@ def prepare(workdir: Path, sizes: Sizes) -> tuple[Path, list[Owner]]:
         subprocess.run([PYTHON, *command], cwd=ROOT, env=env, check=True, capture_output=True)
     owners_file = workdir / "owners.json"
     subprocess.run(
-        [PYTHON, "-m", "bench.prepare", str(sizes.owners), str(owners_file)],
+        [PYTHON, "-m", "bench.prepare", str(count), str(owners_file)],
         cwd=ROOT,
         env=env,
         check=True,
@@ -147,7 +147,7 @@ def main() -> None:
     upstream = redis = None
     try:
         print(f"Preparing {sizes.owners} owners in {workdir} ...", flush=True)
-        template, owners = prepare(workdir, sizes)
+        template, owners = prepare(workdir, sizes.owners)
         upstream = Upstream(client_core)
         redis_url, redis = redis_setup(scenarios, client_core, workdir)
         bench = Bench(

@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
 
 from bench.client import Owner, StreamResult, Target  # noqa: E402
 from bench.environment import django_environment  # noqa: E402
+from bench.run import prepare  # noqa: E402
 from bench.upstream import expected_text  # noqa: E402
 
 PYTHON = sys.executable
@@ -74,26 +75,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def prepare(workdir: Path, count: int) -> tuple[Path, list[Owner]]:
-    """A migrated, seeded database with ``count`` owners, as ``bench/run.py`` prepares it."""
-    template = workdir / "template.sqlite3"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "REDIS", "DJANGO"))}
-    env.update(
-        DJANGO_SETTINGS_MODULE="bench.settings",
-        DJANGO_SECRET_KEY="bench-secret-key-not-for-production",
-        DATABASE_URL=f"sqlite:///{template}",
-        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
-        CHATSTREAM_MODEL="bench-model",
-    )
-    for command in (["manage.py", "migrate", "-v0"], ["manage.py", "chatstream_seed"]):
-        subprocess.run([PYTHON, *command], cwd=ROOT, env=env, check=True, capture_output=True)
-    out = workdir / "owners.json"
-    subprocess.run(
-        [PYTHON, "-m", "bench.prepare", str(count), str(out)], cwd=ROOT, env=env, check=True
-    )
-    return template, [Owner(**row) for row in json.loads(out.read_text())]
 
 
 def start(command: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
