@@ -6,6 +6,8 @@ stream and reads it until ``done`` (``--two-requests``: the POST's 201, then a G
 of its ``stream_url``), against the bench's fake upstream sending one token. Prints the
 process's CPU time (every thread) per reply for chatstream and for the baseline
 relay, each the median of ``--rounds`` rounds of ``--replies`` replies.
+``--count`` prints, instead, what one reply does: its hops to a thread
+(``sync_to_async`` calls), the threads it starts and its database queries.
 ``--history N`` gives every reply N earlier question-and-answer turns (the
 baseline sends the same turns to the SDK); ``--database-url`` and ``--redis-url``
 run it on PostgreSQL and with Redis, as a production worker would.
@@ -130,6 +132,29 @@ async def baseline_reply(app: Any, owner: dict[str, str]) -> None:
         raise RuntimeError(f"baseline answered {status}: {body[:300]!r}")
 
 
+def count_calls() -> dict[str, int]:
+    """Counts hops to a thread, thread starts and queries, in every thread, from now on."""
+    import threading
+
+    from asgiref.sync import SyncToAsync
+    from django.db.backends.utils import CursorWrapper
+
+    counts = {"hops": 0, "threads": 0, "queries": 0}
+
+    def counting(name: str, method: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            counts[name] += 1
+            return method(*args, **kwargs)
+
+        return wrapper
+
+    SyncToAsync.__call__ = counting("hops", SyncToAsync.__call__)  # type: ignore[method-assign]
+    threading.Thread.start = counting("threads", threading.Thread.start)  # type: ignore[method-assign]
+    execute = "_execute_with_wrappers"  # every query, whichever execute* was called
+    setattr(CursorWrapper, execute, counting("queries", getattr(CursorWrapper, execute)))
+    return counts
+
+
 async def measure(args: argparse.Namespace, owners: list[dict[str, str]]) -> dict[str, list[float]]:
     from django.core.asgi import get_asgi_application
 
@@ -142,6 +167,17 @@ async def measure(args: argparse.Namespace, owners: list[dict[str, str]]) -> dic
     for reply in relays.values():  # warm-up: imports, pools, the SDK client
         for _ in range(5):
             await reply(app, next(used))
+    if args.count:
+        counts = count_calls()
+        for name, reply in relays.items():
+            for key in counts:
+                counts[key] = 0
+            for _ in range(args.replies):
+                await reply(app, next(used))
+            print(
+                f"  {name:10}", ", ".join(f"{k} {v / args.replies:.1f}" for k, v in counts.items())
+            )
+        return cpu
     for _ in range(args.rounds):
         for name, reply in relays.items():
             began = time.process_time()
@@ -158,6 +194,9 @@ def main() -> None:
     parser.add_argument("--relays", default="chatstream,baseline", help="which to measure")
     parser.add_argument(
         "--two-requests", action="store_true", help="chatstream's POST, then a GET of the stream"
+    )
+    parser.add_argument(
+        "--count", action="store_true", help="per reply: thread hops, thread starts, queries"
     )
     parser.add_argument("--history", type=int, default=0, help="earlier turns per reply")
     parser.add_argument(
@@ -196,6 +235,8 @@ def main() -> None:
         upstream.wait()
         shutil.rmtree(workdir, ignore_errors=True)
     requests = "two requests" if args.two_requests else "one request"
+    if args.count:
+        return
     print(
         f"CPU per reply set-up ({requests}), {args.history} earlier turns, "
         f"median of {args.rounds} rounds of {args.replies}:"
