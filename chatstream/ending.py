@@ -136,7 +136,9 @@ def finalised(row: Message, fields: Mapping[str, Any]) -> Message:
 async def persist(
     reply_id: str, fields: Mapping[str, Any], row: Message | None = None
 ) -> tuple[Message | None, bool]:
-    """One attempt at the row's final write; raises what the database raises."""
+    """One attempt at the row's final write, on the caller's thread-sensitive connection
+    (the admin's sync views run it inside their transaction); raises what the database
+    raises."""
     return await sync_to_async(_finalise_row)(reply_id, fields, row)
 
 
@@ -210,7 +212,7 @@ class Ending:
         if not await writer.holds_lease():
             await writer.close(None)  # fenced out: whoever took it over ends it
             return
-        attempt = asyncio.ensure_future(persist(writer.reply_id, fields, self.row))
+        attempt = asyncio.ensure_future(self._write(fields))
         written = await wait_done(attempt, _ROW_WAIT) and attempt.exception() is None
         message, won = attempt.result() if written else (None, False)
         try:
@@ -221,6 +223,10 @@ class Ending:
                 message, won = await self._retry(attempt, fields)
         if won and message is not None:
             await announce(message)
+
+    async def _write(self, fields: dict[str, Any]) -> tuple[Message | None, bool]:
+        # On the pool: a generation's context then needs no thread of its own.
+        return await dbpool.run(_finalise_row, self.writer.reply_id, fields, self.row)
 
     async def _retry(
         self, attempt: asyncio.Future[tuple[Message | None, bool]], fields: dict[str, Any]
@@ -249,7 +255,7 @@ class Ending:
                 metrics.FINALISE_RETRIES.inc()
             await asyncio.sleep(delay)
             delay = min(2 * delay, _RETRY_MOST)
-            attempt = asyncio.ensure_future(persist(reply_id, fields, self.row))
+            attempt = asyncio.ensure_future(self._write(fields))
 
 
 async def recover(

@@ -34,6 +34,7 @@ from chatstream.pricing import Price, cost_fields
 from chatstream.providers.base import ChatRequest, Usage
 from chatstream.replylog import get_reply_log
 from chatstream.replylog.base import ANSWER, REASONING, ReplyWriter
+from chatstream.signals import reply_finished
 from chatstream.text import storable
 from chatstream.tokens import estimate_messages, estimate_tokens, tokens_for_length
 
@@ -78,7 +79,8 @@ class Generation:
         self._saved.set_result(None)
 
     async def run(self) -> None:
-        """The task's body: its own thread-sensitive context, its DB connection closed after."""
+        """The task's body. Its database work runs on ``dbpool``; the thread-sensitive
+        context is for ``reply_finished``'s sync receivers (no thread unless one runs)."""
         async with ThreadSensitiveContext():
             try:
                 reply = ending.Ending(
@@ -97,7 +99,9 @@ class Generation:
                     # reply is final; it never holds up the ending, only the task's end.
                     await asyncio.gather(self._saved, return_exceptions=True)
             finally:
-                await sync_to_async(connections.close_all)()
+                if reply_finished.has_listeners(Message):
+                    # Its sync receivers ran on this context's thread: close what they opened.
+                    await sync_to_async(connections.close_all)()
 
     async def _race(self, started: float) -> ending.Outcome:
         """Read the model until it ends or the reply must stop; how it ended."""
@@ -242,9 +246,9 @@ class Generation:
         settings, owner = self.settings, self.spec.owner_key
         if settings.daily_token_quota and fields.get("prompt_tokens") is not None:
             total = fields["prompt_tokens"] + fields["completion_tokens"]
-            await sync_to_async(limits.record_tokens)(owner, total, settings)
+            await dbpool.run(limits.record_tokens, owner, total, settings)
         if settings.daily_cost_limit and fields.get("cost"):
-            await sync_to_async(limits.record_cost)(owner, fields["cost"], settings)
+            await dbpool.run(limits.record_cost, owner, fields["cost"], settings)
 
 
 class GenerationRegistry:

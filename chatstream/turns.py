@@ -14,12 +14,11 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from chatstream import context, limits, pricing
+from chatstream import context, dbpool, limits, pricing
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.ending import recover, recover_all
 from chatstream.exceptions import (
@@ -215,7 +214,7 @@ async def _begin(
     Limits come first: a refused message stores nothing.
     """
     settings = get_settings()
-    admit_and_create = sync_to_async(_admit_and_create)
+    admit_and_create = functools.partial(dbpool.run, _admit_and_create)
     try:
         admitted, turn = await admit_and_create(owner, conversation, settings, create)
     except limits.TooManyReplies as busy:
@@ -228,7 +227,7 @@ async def _begin(
         # and create the rows once more (the limits were counted already).
         if not await _recover_streaming(conversation.pk):
             raise ReplyInProgress()
-        turn = await sync_to_async(_create)(admitted, settings, create)
+        turn = await dbpool.run(_create, admitted, settings, create)
     question, reply, history = turn
     assistant, connection, model = admitted.assistant, admitted.connection, admitted.model
     request = ChatRequest(
@@ -251,7 +250,7 @@ async def _begin(
         await registry.start(spec)
     except Exception as exc:
         # Nothing half-started may stay behind: the reply would block the conversation.
-        await sync_to_async(undo)(question, reply)
+        await dbpool.run(undo, question, reply)
         raise ServiceUnavailable(
             "The reply could not be started; try again shortly.", code="log_unavailable"
         ) from exc

@@ -21,14 +21,14 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
-from django.db import OperationalError, connection, connections
+from django.db import OperationalError, connection
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render, resolve_url
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 
-from chatstream import export, listing, reading, sse, turns
+from chatstream import dbpool, export, listing, reading, sse, turns
 from chatstream.conf import get_settings
 from chatstream.ending import recover
 from chatstream.exceptions import (
@@ -189,12 +189,12 @@ def _owned_message(request: HttpRequest, message_id: str) -> tuple[Owner, Messag
 
 async def _conversation(request: HttpRequest, conversation_id: str) -> tuple[Owner, Conversation]:
     """The caller and their conversation (else 404): the session and the row in one hop."""
-    return await sync_to_async(_owned_conversation)(request, conversation_id)
+    return await dbpool.run(_owned_conversation, request, conversation_id)
 
 
 async def _message(request: HttpRequest, message_id: str) -> tuple[Owner, Message]:
     """The caller and their message (else 404): the session and the row in one hop."""
-    return await sync_to_async(_owned_message)(request, message_id)
+    return await dbpool.run(_owned_message, request, message_id)
 
 
 async def _started(request: HttpRequest, user_message: Message, reply: Message) -> HttpResponseBase:
@@ -209,7 +209,6 @@ async def _started(request: HttpRequest, user_message: Message, reply: Message) 
     if "text/event-stream" not in request.headers.get("Accept", ""):
         return JsonResponse(started, status=201)
     request.META.pop("HTTP_ACCEPT_ENCODING", None)  # never compressed: see stream()
-    await sync_to_async(connections.close_all)()  # the request's DB work is done
     first = sse.encode_json(started, event="started")
     return EventStreamResponse(_events(reading.follow(str(reply.pk), 0), first=first))
 
@@ -480,7 +479,7 @@ async def _own_live_length(owner: Owner, reply_id: str, offset: int) -> int | No
 
 @api_view("GET")
 async def stream(request: HttpRequest, message_id: str) -> HttpResponseBase:
-    owner = await aget_owner(request)
+    owner = await dbpool.run(get_owner, request)
     reply_id = str(_uuid(message_id))
     offset = _resume_offset(request)
     # Compressing middleware (GZipMiddleware and kin) reads Accept-Encoding when the
@@ -489,7 +488,7 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponseBase:
     length = await _own_live_length(owner, reply_id, offset)
     if length is not None:
         return await _follow(reply_id, offset, length)
-    message = await sync_to_async(_get_message)(owner, message_id)
+    message = await dbpool.run(_get_message, owner, message_id)
     if message.role != Role.ASSISTANT:
         raise NotFound("No such reply.")
     if message.status == Status.STREAMING:
@@ -510,8 +509,6 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponseBase:
 async def _follow(reply_id: str, offset: int, length: int) -> HttpResponseBase:
     if offset > length:
         raise InvalidOffset(f"The reply is only {length} characters long so far.")
-    # The request's DB work is done: a stream may stay open for minutes, without a connection.
-    await sync_to_async(connections.close_all)()
     return EventStreamResponse(_events(reading.follow(reply_id, offset)))
 
 

@@ -10,7 +10,8 @@ import uuid
 from typing import Any
 
 import pytest
-from django.db import OperationalError
+from django.db import OperationalError, connection
+from django.db.backends.signals import connection_created
 from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 
@@ -19,7 +20,7 @@ from chatstream.generation import registry
 from chatstream.models import Message
 from tests.fake_openai import FakeOpenAI, Script
 from tests.settings import CHATSTREAM as TEST_CHATSTREAM
-from tests.test_views import new_conversation, send
+from tests.test_views import finish, new_conversation, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -117,6 +118,36 @@ async def test_streaming_replies_share_a_few_database_threads(
     assert updates > 3 * count  # checkpoints happened, besides the finalising UPDATEs
     async for reply in Message.objects.filter(pk__in=reply_ids):
         assert reply.status == "complete" and reply.content == "tok " * tokens
+
+
+@pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="PostgreSQL's connections go back to Django's pool"
+)
+async def test_replies_open_no_sqlite_connection_of_their_own(fake_openai: FakeOpenAI) -> None:
+    """A reply's lookups, new rows and ending run on the pool's threads, whose SQLite
+    connections stay open: opening one per request (WAL set-up, a checkpoint on close)
+    was much of a reply's set-up CPU."""
+    count = 3 * dbpool.POOL_SIZE
+    trigger = fake_openai.script(f"c-{uuid.uuid4().hex}", Script(tokens=["a ", "b"]))
+    client = AsyncClient()
+    opened: list[int] = []
+
+    def created(**kwargs: Any) -> None:
+        opened.append(threading.get_ident())
+
+    with override_settings(CHATSTREAM=upstream(fake_openai)):
+        conversations = [await new_conversation(client) for _ in range(count)]
+        await finish(await send(client, conversations[0], trigger))  # the pool connects
+        connection_created.connect(created)
+        try:
+            started = [await send(client, c, trigger) for c in conversations[1:]]
+            for reply in started:
+                await finish(reply)
+        finally:
+            connection_created.disconnect(created)
+    ids = [s["assistant_message"]["id"] for s in started]
+    assert [m.content async for m in Message.objects.filter(pk__in=ids)] == ["a b"] * len(ids)
+    assert len(opened) <= dbpool.POOL_SIZE, f"{len(opened)} connections for {len(ids)} replies"
 
 
 async def test_a_failed_checkpoint_does_not_end_the_reply(
