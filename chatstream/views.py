@@ -209,6 +209,7 @@ async def _started(request: HttpRequest, user_message: Message, reply: Message) 
     if "text/event-stream" not in request.headers.get("Accept", ""):
         return JsonResponse(started, status=201)
     request.META.pop("HTTP_ACCEPT_ENCODING", None)  # never compressed: see stream()
+    # The turn's DB work ran on the pool (``dbpool``): no connection to close here.
     first = sse.encode_json(started, event="started")
     return EventStreamResponse(_events(reading.follow(str(reply.pk), 0), first=first))
 
@@ -509,6 +510,7 @@ async def stream(request: HttpRequest, message_id: str) -> HttpResponseBase:
 async def _follow(reply_id: str, offset: int, length: int) -> HttpResponseBase:
     if offset > length:
         raise InvalidOffset(f"The reply is only {length} characters long so far.")
+    # The lookups ran on the pool: the request's thread holds no connection while it streams.
     return EventStreamResponse(_events(reading.follow(reply_id, offset)))
 
 
