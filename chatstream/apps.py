@@ -9,4 +9,4 @@ class ChatstreamConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from chatstream import checks, deletion, ownership  # noqa: F401, PLC0415 (registers receivers)
+        from chatstream import checks, deletion, ownership, pricing  # noqa: F401, PLC0415 (registers receivers)

@@ -24,6 +24,14 @@ from tests.sse_client import ApiClient
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _no_cached_prices() -> None:
+    """A test database's flush sends no signal: each test reads the price table afresh."""
+    from chatstream.pricing import forget_prices  # noqa: PLC0415 (after Django's set-up)
+
+    forget_prices()
+
+
 @pytest.fixture(scope="session")
 def fake_openai() -> Iterator[FakeOpenAI]:
     server = FakeOpenAI().start()

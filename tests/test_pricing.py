@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client, override_settings
 
 from chatstream.models import Conversation, Message, ModelPrice
-from chatstream.pricing import Price
+from chatstream.pricing import Price, price_for
 from tests.fake_openai import FakeOpenAI, Script
 from tests.test_generation import upstream
 from tests.test_views import error_of, finish, new_conversation, post, send, stream_text
@@ -95,6 +98,37 @@ async def test_a_model_without_a_price_costs_nothing_known(fake_openai: FakeOpen
         await finish(started)
     row = await Message.objects.aget(pk=started["assistant_message"]["id"])
     assert (row.cost, row.cost_currency) == (None, "")
+
+
+def test_prices_are_cached_and_a_saved_or_deleted_one_applies_at_once(
+    django_assert_num_queries: Any,
+) -> None:
+    assert price_for("fake-model") is None
+    row = async_to_sync(_priced)()
+    with django_assert_num_queries(1):  # the save forgot the table: read once more
+        assert price_for("fake-model") == PRICE
+    with django_assert_num_queries(0):
+        assert price_for("fake-model") == PRICE and price_for("other") is None
+    row.output_per_million = Decimal("12")
+    row.save()
+    assert price_for("fake-model") == replace(PRICE, output=Decimal(12), reasoning=Decimal(12))
+    row.delete()
+    assert price_for("fake-model") is None
+
+
+def test_prices_come_from_the_table_when_the_cache_fails(
+    settings: Any, django_assert_num_queries: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async_to_sync(_priced)()
+    settings.CACHES = {
+        **settings.CACHES,
+        "down": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"},
+    }
+    settings.CHATSTREAM = {**settings.CHATSTREAM, "CACHE_ALIAS": "down"}
+    for _ in range(2):  # nothing can be kept: the table answers each time
+        with django_assert_num_queries(1):
+            assert price_for("fake-model") == PRICE
+    assert "Prices read from the database, the cache failed" in caplog.text
 
 
 async def test_the_daily_cost_limit_stops_a_reply_and_refuses_the_next(
