@@ -35,6 +35,12 @@ class Owner:
             return Q(**{f"{prefix}owner_id": self.user_id})
         return Q(**{f"{prefix}anonymous_owner": self.anonymous_id, f"{prefix}owner": None})
 
+    def owns(self, conversation: Conversation) -> bool:
+        """``of()`` for a row in hand: a lookup by key then needs no ownership filter."""
+        if self.user_id is not None:
+            return bool(conversation.owner_id == self.user_id)
+        return conversation.owner_id is None and conversation.anonymous_owner == self.anonymous_id
+
     def assign(self, conversation: Conversation) -> None:
         conversation.owner_id = self.user_id
         conversation.anonymous_owner = self.anonymous_id

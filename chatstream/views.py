@@ -158,23 +158,32 @@ async def _assistant(slug: str | None) -> Assistant | None:
     return assistant
 
 
+# By primary key, ownership checked on the row: get() needs no ORDER BY, and an
+# ownership filter costs more to build than the query costs to run.
+
+
 def _get_conversation(owner: Owner, conversation_id: str) -> Conversation:
-    # get() rather than first(): a primary key needs no ORDER BY to build and run.
-    rows = Conversation.objects.select_related("assistant").filter(owner.of())
     try:
-        return rows.get(pk=_uuid(conversation_id))
+        conversation = Conversation.objects.select_related("assistant").get(
+            pk=_uuid(conversation_id)
+        )
     except Conversation.DoesNotExist:
-        raise NotFound("No such conversation.") from None
+        conversation = None
+    if conversation is None or not owner.owns(conversation):
+        raise NotFound("No such conversation.")
+    return conversation
 
 
 def _get_message(owner: Owner, message_id: str) -> Message:
-    rows = Message.objects.select_related("conversation__assistant").filter(
-        owner.of("conversation__")
-    )
     try:
-        return rows.get(pk=_uuid(message_id))
+        message = Message.objects.select_related("conversation__assistant").get(
+            pk=_uuid(message_id)
+        )
     except Message.DoesNotExist:
-        raise NotFound("No such message.") from None
+        message = None
+    if message is None or not owner.owns(message.conversation):
+        raise NotFound("No such message.")
+    return message
 
 
 def _owned_conversation(request: HttpRequest, conversation_id: str) -> tuple[Owner, Conversation]:

@@ -439,6 +439,30 @@ async def test_chat_page_of_someone_elses_conversation_is_404() -> None:
     assert theirs.status_code == missing.status_code == 404
 
 
+async def test_someone_elses_conversation_and_reply_are_404_to_the_api() -> None:
+    owner, stranger, user = AsyncClient(), AsyncClient(), AsyncClient()
+    await user.aforce_login(await sync_to_async(User.objects.create_user)("bob"))
+    conversation = await new_conversation(owner)
+    started = await send(owner, conversation)
+    await finish(started)
+    reply = started["assistant_message"]["id"]
+    urls = [
+        f"/api/conversations/{conversation}/",
+        f"/api/messages/{reply}/",
+        started["stream_url"],
+    ]
+    for client in (stranger, user):
+        for url in urls:
+            response = await client.get(url)
+            assert (response.status_code, error_of(response)) == (404, "not_found"), url
+        refused = await post(
+            client, f"/api/conversations/{conversation}/messages/", {"content": "x"}
+        )
+        assert refused.status_code == 404
+    assert all([(await owner.get(url)).status_code == 200 for url in urls])
+    assert await Message.objects.filter(conversation_id=conversation).acount() == 2
+
+
 @pytest.mark.parametrize("text", ["a\x00b", "lone \ud800 surrogate"])
 async def test_text_no_database_can_store_is_400_invalid_content_and_stores_nothing(
     text: str,
