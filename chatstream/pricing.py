@@ -28,7 +28,7 @@ from chatstream.models import ModelPrice
 logger = logging.getLogger(__name__)
 
 _MILLION = Decimal(1_000_000)
-_CACHE_KEY = "chatstream:prices"
+_CACHE_KEY = "chatstream:prices:1"  # pickled ``Price``s: a new layout takes a new key
 #: A backstop for changes that send no signal (``QuerySet.update``, raw SQL).
 _CACHE_SECONDS = 300
 
@@ -79,6 +79,7 @@ def price_for(model: str) -> Price | None:
 
 
 def forget_prices() -> None:
+    """The next ``price_for`` reads the table again."""
     try:
         caches[get_settings().cache_alias].delete(_CACHE_KEY)
     except Exception as exc:  # the backstop expiry still applies
