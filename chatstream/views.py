@@ -14,14 +14,15 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ObjectDoesNotExist, RequestDataTooBig
 from django.db import OperationalError, connection
+from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render, resolve_url
@@ -52,6 +53,7 @@ from chatstream.serializers import conversation_payload, message_payload
 from chatstream.text import is_storable
 
 logger = logging.getLogger(__name__)
+M = TypeVar("M", bound=Model)
 
 View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -158,29 +160,24 @@ async def _assistant(slug: str | None) -> Assistant | None:
     return assistant
 
 
-# By primary key, ownership checked on the row: get() needs no ORDER BY, and an
-# ownership filter costs more to build than the query costs to run.
+def _by_key(rows: QuerySet[M], key: str) -> M | None:
+    """The row, or ``None``. Ownership is checked on the row by the caller: get() needs
+    no ORDER BY, and an ownership filter costs more to build than the query to run."""
+    try:
+        return rows.get(pk=_uuid(key))
+    except ObjectDoesNotExist:
+        return None
 
 
 def _get_conversation(owner: Owner, conversation_id: str) -> Conversation:
-    try:
-        conversation = Conversation.objects.select_related("assistant").get(
-            pk=_uuid(conversation_id)
-        )
-    except Conversation.DoesNotExist:
-        conversation = None
+    conversation = _by_key(Conversation.objects.select_related("assistant"), conversation_id)
     if conversation is None or not owner.owns(conversation):
         raise NotFound("No such conversation.")
     return conversation
 
 
 def _get_message(owner: Owner, message_id: str) -> Message:
-    try:
-        message = Message.objects.select_related("conversation__assistant").get(
-            pk=_uuid(message_id)
-        )
-    except Message.DoesNotExist:
-        message = None
+    message = _by_key(Message.objects.select_related("conversation__assistant"), message_id)
     if message is None or not owner.owns(message.conversation):
         raise NotFound("No such message.")
     return message
