@@ -212,7 +212,9 @@ async def _started(request: HttpRequest, user_message: Message, reply: Message) 
         "assistant_message": message_payload(reply),
         "stream_url": reverse("chatstream:stream", args=[reply.id]),
     }
-    if "text/event-stream" not in request.headers.get("Accept", ""):
+    # META, not request.headers: that dict would stay cached on the request for as
+    # long as the stream is open.
+    if "text/event-stream" not in request.META.get("HTTP_ACCEPT", ""):
         return JsonResponse(started, status=201)
     request.META.pop("HTTP_ACCEPT_ENCODING", None)  # never compressed: see stream()
     # The turn's DB work ran on the pool (``dbpool``): no connection to close here.
@@ -421,7 +423,7 @@ async def stop(request: HttpRequest, message_id: str) -> HttpResponse:
 
 def _resume_offset(request: HttpRequest) -> int:
     # The header wins: a reconnecting EventSource sends it while its URL keeps the old query.
-    raw = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or "0"
+    raw = request.META.get("HTTP_LAST_EVENT_ID") or request.GET.get("last_event_id") or "0"
     try:
         offset = int(raw)
     except ValueError:
@@ -447,6 +449,7 @@ async def _events(
     items: AsyncGenerator[reading.Item, None], first: bytes = b""
 ) -> AsyncGenerator[bytes, None]:
     yield sse.retry(get_settings().retry_ms) + first
+    del first  # sent: a stream open for minutes keeps none of its start
     try:
         async with contextlib.aclosing(items):
             async for item in items:
