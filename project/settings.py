@@ -119,6 +119,8 @@ if REDIS_URL:
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
+    # Sessions read from Redis, kept in the database, and still served when Redis is down.
+    SESSION_ENGINE = "project.sessions"
 else:
     CACHES = {
         "default": {

@@ -178,11 +178,16 @@ def test_redis_down_refuses_new_replies_with_503_and_stores_nothing(
                 "POST", f"/api/conversations/{conversation}/messages/", {"content": "hello"}
             )
             stored = client.call("GET", f"/api/conversations/{conversation}/").json()
+            page = client.http.get("/")
     finally:
         a.stop()
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "log_unavailable"
     assert stored["messages"] == []
+    # The session came from the table (``project.sessions``): the conversation was still
+    # the visitor's (above), and the page still loads.
+    assert page.status_code == 200
+    assert "Session cache read failed" in a.read_log()
 
 
 def test_a_fresh_worker_ends_every_reply_of_a_first_burst(
