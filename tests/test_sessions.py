@@ -72,6 +72,17 @@ def test_cached_copies_expire_within_the_bound_and_a_sign_out_removes_them() -> 
     assert SessionStore(key).load() == {}
 
 
+@pytest.mark.usefixtures("redis_sessions")
+def test_a_new_key_at_sign_in_keeps_the_data_and_drops_the_old_copy() -> None:
+    key = saved(owner="abc")  # the anonymous owner's id, handed over at sign-in
+    store = SessionStore(key)
+    store.cycle_key()  # what login() does
+    assert store.session_key not in (None, key)
+    assert SessionStore(store.session_key).load() == {"owner": "abc"}
+    assert caches["sessions"].get(SessionStore.cache_key_prefix + key) is None
+    assert SessionStore(key).load() == {}
+
+
 @pytest.mark.usefixtures("redis_down")
 def test_with_redis_down_the_table_answers_and_the_failure_is_logged(
     caplog: pytest.LogCaptureFixture,
