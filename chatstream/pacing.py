@@ -47,11 +47,15 @@ class LoopLag:
             self.note(loop.time() - began - PERIOD)
 
     def interval(self, least: float, most: float) -> float:
-        """The time between two frames now: ``least`` when calm, ``most`` when busy."""
+        """The time between two frames now: ``least`` when calm, longer when busy.
+
+        A reader wakes ``lag`` late, so its gap is the interval plus the lag: the
+        interval leaves the lag room, and gaps stay within ``most`` while they can.
+        """
         if most <= least or self.lag <= CALM:
             return least
         share = min(1.0, (self.lag - CALM) / (BUSY - CALM))
-        return least + (most - least) * share
+        return max(least, min(least + (most - least) * share, most - self.lag))
 
 
 _gauges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLag] = weakref.WeakKeyDictionary()
