@@ -167,9 +167,9 @@ def count_calls() -> dict[str, int]:
 
 
 async def measure(args: argparse.Namespace, owners: list[dict[str, str]]) -> dict[str, list[float]]:
-    from django.core.asgi import get_asgi_application
+    from project.middleware import ASGIHandler
 
-    app = get_asgi_application()
+    app = ASGIHandler()  # the demo project's, as project.asgi serves it
     chatstream = chatstream_two_requests if args.two_requests else chatstream_reply
     relays = {"chatstream": chatstream, "baseline": baseline_reply}
     relays = {name: relays[name] for name in args.relays.split(",")}

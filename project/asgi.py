@@ -1,18 +1,20 @@
 """ASGI entry point: HTTP through Django, WebSocket through the chatstream consumer.
 
-WebSockets are checked against ``ALLOWED_HOSTS`` by their Origin and signed in by
-the Django session, like the HTTP API. ``runserver`` (Daphne) serves both.
+HTTP goes through ``project.middleware.ASGIHandler``: Django's, with the Security,
+CSRF and X-Frame-Options middleware's hooks on the event loop. WebSockets are
+checked against ``ALLOWED_HOSTS`` by their Origin and signed in by the Django
+session, like the HTTP API. ``runserver`` (Daphne) serves both.
 """
 
 from __future__ import annotations
 
 import os
 
+import django
 from django.conf import settings
-from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-django_application = get_asgi_application()
+django.setup(set_prefix=False)  # as get_asgi_application() does; the handler is ours
 
 # After Django is set up: these import models.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
@@ -21,6 +23,9 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from chatstream.routing import websocket_urls  # noqa: E402
 from project.admission import AdmissionLimit  # noqa: E402
+from project.middleware import ASGIHandler  # noqa: E402
+
+django_application = ASGIHandler()
 
 application = ProtocolTypeRouter(
     {

@@ -51,6 +51,8 @@ INSTALLED_APPS = [
     "chatstream",
 ]
 
+# Django's Security, CSRF and X-Frame-Options by Django's path (its deploy checks look
+# for them so); under ASGI project.middleware.ASGIHandler runs them on the event loop.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "project.middleware.WhiteNoiseMiddleware",

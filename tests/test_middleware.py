@@ -1,4 +1,5 @@
-"""The project's middleware: Django's, with hooks on the event loop unless they do I/O."""
+"""The project's middleware: Django's, with hooks on the event loop unless they do I/O,
+and the ASGI handler that runs Django's Security, CSRF and X-Frame-Options so."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import SyncToAsync
+from asgiref.testing import ApplicationCommunicator
 from django.contrib import messages
+from django.core.handlers.asgi import ASGIHandler as DjangosHandler
 from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import get_token
 from django.test import AsyncClient, AsyncRequestFactory, override_settings
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
@@ -20,7 +25,7 @@ from project.settings import MIDDLEWARE as PROJECT_MIDDLEWARE
 pytestmark = pytest.mark.django_db(transaction=True)
 
 STACK = [m for m in PROJECT_MIDDLEWARE if "WhiteNoise" not in m]  # no static files here
-OURS = [m for m in STACK if m.startswith("project.")]
+OURS = [m for m in STACK if m.startswith("project.")] + list(middleware.ON_THE_LOOP.values())
 
 
 @csrf_exempt
@@ -44,11 +49,21 @@ async def read(request: HttpRequest) -> HttpResponse:
     return HttpResponse(" ".join(str(m) for m in messages.get_messages(request)))
 
 
+async def token(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(get_token(request))
+
+
+async def guarded(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("accepted")
+
+
 urlpatterns = [
     path("remember/", remember),
     path("recall/", recall),
     path("notify/", notify),
     path("read/", read),
+    path("token/", token),
+    path("guarded/", guarded),
 ]
 
 
@@ -137,3 +152,94 @@ async def test_whitenoise_serves_static_files_and_passes_the_rest_on(tmp_path: P
     assert content == b"alert(1)"
     assert other.content == b"view"
     assert passed == ["/api/health/"]
+
+
+async def asgi(
+    app: Any, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request through an ASGI application: (status, headers, body)."""
+    sent = {"host": "testserver", **(headers or {})}
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 40000), "server": ("testserver", 80),
+        "headers": [(k.encode(), v.encode()) for k, v in sent.items()],
+    }  # fmt: skip
+    communicator = ApplicationCommunicator(app, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(10)
+    body = b""
+    while True:
+        message = await communicator.receive_output(10)
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await communicator.wait(10)
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+def with_cookies(response_headers: dict[str, str]) -> dict[str, str]:
+    """The cookie the response set, sent back as a browser would."""
+    cookie = response_headers["Set-Cookie"].split(";", 1)[0]
+    return {"cookie": cookie}
+
+
+def csrf_post(token_response: tuple[int, dict[str, str], bytes]) -> dict[str, str]:
+    _, headers, token = token_response
+    return {**with_cookies(headers), "x-csrftoken": token.decode()}
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=STACK)
+async def test_the_asgi_handler_spares_djangos_security_csrf_and_x_frame_hops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hops = {"count": 0}
+    hop = SyncToAsync.__call__
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        hops["count"] += 1
+        return hop(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    made = {}
+    for name, handler in (("django", DjangosHandler()), ("ours", middleware.ASGIHandler())):
+        hops["count"] = 0
+        status, headers, body = await asgi(handler, "GET", "/token/")
+        assert (status, headers["X-Frame-Options"], headers["X-Content-Type-Options"]) == (
+            200, "DENY", "nosniff",
+        )  # fmt: skip
+        made[name] = hops["count"]
+
+    # Security: request and response; CSRF: request, view and response; X-Frame: response.
+    assert made["django"] - made["ours"] == 6, made
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=STACK)
+async def test_the_asgi_handler_still_refuses_a_post_without_the_csrf_token() -> None:
+    handler = middleware.ASGIHandler()
+    issued = await asgi(handler, "GET", "/token/")
+
+    refused = await asgi(handler, "POST", "/guarded/", with_cookies(issued[1]))
+    accepted = await asgi(handler, "POST", "/guarded/", csrf_post(issued))
+
+    assert refused[0] == 403
+    assert (accepted[0], accepted[2]) == (200, b"accepted")
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=STACK, SECURE_SSL_REDIRECT=True)
+async def test_the_asgi_handler_still_redirects_to_https() -> None:
+    status, headers, _ = await asgi(middleware.ASGIHandler(), "GET", "/token/")
+
+    assert (status, headers["Location"]) == (301, "https://testserver/token/")
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=STACK, CSRF_USE_SESSIONS=True)
+async def test_a_csrf_token_kept_in_the_session_is_read_on_a_thread_and_checked() -> None:
+    handler = middleware.ASGIHandler()
+    issued = await asgi(handler, "GET", "/token/")
+
+    refused = await asgi(handler, "POST", "/guarded/", with_cookies(issued[1]))
+    accepted = await asgi(handler, "POST", "/guarded/", csrf_post(issued))
+
+    assert "sessionid=" in issued[1]["Set-Cookie"]  # the token went to the session
+    assert (refused[0], accepted[0]) == (403, 200)
