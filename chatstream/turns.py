@@ -43,6 +43,11 @@ _TITLE_LENGTH = 60
 
 # (the user's message, the new reply, the request's messages)
 Turn = tuple[Message, Message, list[dict[str, str]]]
+# Makes a turn's rows for (the assistant, the model, the history's token budget).
+Create = Callable[[Assistant | None, str, int], Turn]
+# Who takes the turn, in which conversation, and how its rows are made: run on the
+# pool in the same hop as the limits and the rows (it may query, and raise NotFound).
+Start = Callable[[], tuple[Owner, Conversation, Create]]
 
 
 def current_messages(conversation_id: Any) -> QuerySet[Message]:
@@ -203,25 +208,20 @@ async def _recover_streaming(conversation_id: Any) -> bool:
     return stuck is not None and await recover(str(stuck.pk)) is not None
 
 
-async def _begin(
-    owner: Owner,
-    conversation: Conversation,
-    create: Callable[[Assistant | None, str, int], Turn],
-    undo: Callable[[Message, Message], None],
-) -> tuple[Message, Message]:
+async def _begin(start: Start, undo: Callable[[Message, Message], None]) -> tuple[Message, Message]:
     """Check the owner's limits, create the rows (retrying once past a dead reply), start.
 
     Limits come first: a refused message stores nothing.
     """
     settings = get_settings()
-    admit_and_create = functools.partial(dbpool.run, _admit_and_create)
     try:
-        admitted, turn = await admit_and_create(owner, conversation, settings, create)
+        found, admitted, turn = await dbpool.run(_admit_and_create, start, settings)
     except limits.TooManyReplies as busy:
         # Only replies that are really alive count: orphans are finalised, then look again.
         if not await recover_all(busy.reply_ids):
             raise
-        admitted, turn = await admit_and_create(owner, conversation, settings, create)
+        found, admitted, turn = await dbpool.run(_admit_and_create, start, settings)
+    owner, conversation, create = found
     if turn is None:
         # A streaming reply holds the conversation: if its generation died, finalise it
         # and create the rows once more (the limits were counted already).
@@ -270,24 +270,19 @@ class _Admission:
 
 
 def _admit_and_create(
-    owner: Owner,
-    conversation: Conversation,
-    settings: ChatstreamSettings,
-    create: Callable[[Assistant | None, str, int], Turn],
-) -> tuple[_Admission, Turn | None]:
-    """The limits, then the rows, in one thread hop; no turn while a reply streams."""
-    admitted = _admit(owner, conversation, settings)
+    start: Start, settings: ChatstreamSettings
+) -> tuple[tuple[Owner, Conversation, Create], _Admission, Turn | None]:
+    """Who and where, the limits, then the rows, in one thread hop; under load each hop
+    waits for a turn of a busy event loop. No turn while a reply streams."""
+    found = start()
+    admitted = _admit(found[0], found[1], settings)
     try:
-        return admitted, _create(admitted, settings, create)
+        return found, admitted, _create(admitted, settings, found[2])
     except ReplyInProgress:
-        return admitted, None
+        return found, admitted, None
 
 
-def _create(
-    admitted: _Admission,
-    settings: ChatstreamSettings,
-    create: Callable[[Assistant | None, str, int], Turn],
-) -> Turn:
+def _create(admitted: _Admission, settings: ChatstreamSettings, create: Create) -> Turn:
     assistant = admitted.assistant
     budget = context.history_budget(
         admitted.model,
@@ -375,9 +370,26 @@ def _undo_edit(old: Message) -> Callable[[Message, Message], None]:
 async def astart_reply(
     owner: Owner, conversation: Conversation, content: str
 ) -> tuple[Message, Message]:
-    _validate(content, get_settings())
-    create = functools.partial(_create_turn, conversation, content)
-    return await _begin(owner, conversation, create, _undo_turn)
+    return await astart_reply_from(lambda: (owner, conversation, content))
+
+
+async def astart_reply_from(
+    find: Callable[[], tuple[Owner, Conversation, str]],
+) -> tuple[Message, Message]:
+    """``astart_reply`` for the owner, conversation and content ``find`` returns.
+
+    ``find`` runs on the pool in the hop that checks the limits and creates the rows,
+    so a lookup that needs the database (a request's session and conversation) costs
+    no hop of its own. It may raise, as a lookup does (``NotFound``, ``BadRequest``).
+    """
+    settings = get_settings()
+
+    def start() -> tuple[Owner, Conversation, Create]:
+        owner, conversation, content = find()
+        _validate(content, settings)
+        return owner, conversation, functools.partial(_create_turn, conversation, content)
+
+    return await _begin(start, _undo_turn)
 
 
 async def aregenerate(owner: Owner, old: Message) -> tuple[Message, Message]:
@@ -389,7 +401,7 @@ async def aregenerate(owner: Owner, old: Message) -> tuple[Message, Message]:
             "Only the conversation's last reply can be regenerated.", code="not_last_reply"
         )
     create = functools.partial(_replace_reply, old)
-    return await _begin(owner, old.conversation, create, _undo_replace(old))
+    return await _begin(lambda: (owner, old.conversation, create), _undo_replace(old))
 
 
 async def aedit(owner: Owner, old: Message, content: str) -> tuple[Message, Message]:
@@ -408,7 +420,7 @@ async def aedit(owner: Owner, old: Message, content: str) -> tuple[Message, Mess
             "Only the conversation's last question can be edited.", code="not_last_question"
         )
     create = functools.partial(_replace_question, old, content)
-    return await _begin(owner, old.conversation, create, _undo_edit(old))
+    return await _begin(lambda: (owner, old.conversation, create), _undo_edit(old))
 
 
 def versions(message: Message) -> list[Message]:

@@ -349,12 +349,14 @@ async def assistants(request: HttpRequest) -> HttpResponse:
 
 @api_view("POST")
 async def messages(request: HttpRequest, conversation_id: str) -> HttpResponseBase:
-    owner, conversation = await _conversation(request, conversation_id)
-    data = _body(request)
-    content = data.get("content")
-    if not isinstance(content, str):
-        raise BadRequest("'content' must be a string.", code="invalid_content")
-    user_message, reply = await turns.astart_reply(owner, conversation, content)
+    def find() -> tuple[Owner, Conversation, str]:  # on the pool, with the limits and rows
+        owner, conversation = _owned_conversation(request, conversation_id)
+        content = _body(request).get("content")
+        if not isinstance(content, str):
+            raise BadRequest("'content' must be a string.", code="invalid_content")
+        return owner, conversation, content
+
+    user_message, reply = await turns.astart_reply_from(find)
     return await _started(request, user_message, reply)
 
 

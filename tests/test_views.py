@@ -13,6 +13,7 @@ from django.db import OperationalError
 from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 
+from chatstream import dbpool
 from chatstream.generation import registry
 from chatstream.models import Assistant, Conversation, Message
 from chatstream.providers.demo import demo_reply
@@ -455,10 +456,9 @@ async def test_someone_elses_conversation_and_reply_are_404_to_the_api() -> None
         for url in urls:
             response = await client.get(url)
             assert (response.status_code, error_of(response)) == (404, "not_found"), url
-        refused = await post(
-            client, f"/api/conversations/{conversation}/messages/", {"content": "x"}
-        )
-        assert refused.status_code == 404
+        for body in ({"content": "x"}, {"content": 3}, ["not", "an", "object"]):
+            refused = await post(client, f"/api/conversations/{conversation}/messages/", body)
+            assert (refused.status_code, error_of(refused)) == (404, "not_found"), body
     assert all([(await owner.get(url)).status_code == 200 for url in urls])
     assert await Message.objects.filter(conversation_id=conversation).acount() == 2
 
@@ -512,3 +512,28 @@ async def test_one_request_per_reply_when_the_client_asks_for_an_event_stream() 
         headers={"Accept": "text/event-stream"},
     )
     assert (busy.status_code, error_of(busy)) == (400, "empty_content")
+
+
+@override_settings(CHATSTREAM=SLOW_DEMO)  # still streaming when the 201 comes
+async def test_a_send_finds_its_conversation_and_makes_its_rows_in_one_hop_to_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under load each hop waits for a busy event loop's turn: a send makes one."""
+    client = AsyncClient()
+    conversation = await new_conversation(client)
+    units: list[str] = []
+    run = dbpool.run
+
+    async def recorded(fn: Any, *args: Any) -> Any:
+        units.append(fn.__name__)
+        return await run(fn, *args)
+
+    monkeypatch.setattr(dbpool, "run", recorded)
+    started = await send(client, conversation)
+    before_the_reply = list(units)
+    await finish(started)
+
+    assert before_the_reply == ["_admit_and_create"]
+    assert units[-1] == "_finalise_row"
+    assert started["user_message"]["content"] == "hello"
+    assert await Message.objects.filter(conversation_id=conversation).acount() == 2
