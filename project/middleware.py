@@ -10,7 +10,8 @@ goes to a thread.
 Under load those hops, not their work, set how soon a reply starts: each waits for a
 busy event loop's next turn. Django's Security, CSRF and X-Frame-Options classes make
 six a request: with them the first-token p99 of 300 paced streams on one core (Daphne)
-was 0.8 to 1.2 s, with the subclasses here 0.4 to 0.5 s (``bench/README.md``).
+was 0.8 and 1.2 s in two runs, with the subclasses here 0.4 to 1.0 s in four
+(``bench/README.md``).
 ``MIDDLEWARE`` still names those three by Django's path, since Django's deploy checks
 (HSTS, SSL redirect, secure CSRF cookie, ...) look for them there and a subclass would
 turn them off without a word: ``ASGIHandler`` loads the subclasses in their place.
