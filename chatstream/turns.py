@@ -274,10 +274,10 @@ def _admit_and_create(
 ) -> tuple[tuple[Owner, Conversation, Create], _Admission, Turn | None]:
     """Who and where, the limits, then the rows, in one thread hop; under load each hop
     waits for a turn of a busy event loop. No turn while a reply streams."""
-    found = start()
-    admitted = _admit(found[0], found[1], settings)
+    owner, conversation, create = found = start()
+    admitted = _admit(owner, conversation, settings)
     try:
-        return found, admitted, _create(admitted, settings, found[2])
+        return found, admitted, _create(admitted, settings, create)
     except ReplyInProgress:
         return found, admitted, None
 
