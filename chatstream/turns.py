@@ -8,9 +8,10 @@ job (a conditional unique constraint), so two workers cannot both start one.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +20,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from chatstream import context, dbpool, limits, pricing
+from chatstream.compiled import Compiled
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.ending import recover, recover_all
 from chatstream.exceptions import (
@@ -55,6 +57,16 @@ def current_messages(conversation_id: Any) -> QuerySet[Message]:
     return Message.objects.filter(conversation_id=conversation_id, superseded=False).order_by(
         "created_at"
     )
+
+
+_HISTORY = Compiled(
+    Message,
+    lambda conversation, before: (
+        current_messages(conversation).filter(created_at__lt=before).values_list("role", "content")
+    ),
+    ["conversation", "created_at"],
+    [uuid.UUID(int=1), datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=UTC)],
+)
 
 
 def _defaults() -> QuerySet[Assistant]:
@@ -124,11 +136,7 @@ def _history(reply: Message, assistant: Assistant | None, budget: int) -> list[d
     system = []
     if assistant and assistant.system_prompt:
         system.append({"role": "system", "content": assistant.system_prompt})
-    rows = (
-        current_messages(reply.conversation_id)
-        .filter(created_at__lt=reply.created_at)
-        .values_list("role", "content")
-    )
+    rows = _HISTORY.rows(reply.conversation_id, reply.created_at)
     # Roles and empty replies are picked here, not in SQL: every reply runs this query,
     # and each condition costs more to build than the rows it would leave out.
     turns = [

@@ -20,9 +20,9 @@ from urllib.parse import urlencode
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.core.exceptions import ObjectDoesNotExist, RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError, connection
-from django.db.models import Model, QuerySet
+from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render, resolve_url
@@ -30,6 +30,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 
 from chatstream import dbpool, export, listing, reading, sse, turns
+from chatstream.compiled import Compiled
 from chatstream.conf import get_settings
 from chatstream.ending import recover
 from chatstream.exceptions import (
@@ -160,24 +161,37 @@ async def _assistant(slug: str | None) -> Assistant | None:
     return assistant
 
 
-def _by_key(rows: QuerySet[M], key: str) -> M | None:
-    """The row, or ``None``. Ownership is checked on the row by the caller: get() needs
-    no ORDER BY, and an ownership filter costs more to build than the query to run."""
-    try:
-        return rows.get(pk=_uuid(key))
-    except ObjectDoesNotExist:
-        return None
+# Ownership is checked on the row by the caller: an ownership filter costs more to
+# build than the query to run. Every send runs the first.
+_CONVERSATION = Compiled(
+    Conversation,
+    lambda pk: Conversation.objects.select_related("assistant").filter(pk=pk).order_by(),
+    ["id"],
+    [uuid.UUID(int=1)],
+)
+_MESSAGE = Compiled(
+    Message,
+    lambda pk: Message.objects.select_related("conversation__assistant").filter(pk=pk).order_by(),
+    ["id"],
+    [uuid.UUID(int=1)],
+)
+
+
+def _by_key(rows: Compiled[M], key: str) -> M | None:
+    """The row, or ``None``."""
+    found = rows.objects(_uuid(key))
+    return found[0] if found else None
 
 
 def _get_conversation(owner: Owner, conversation_id: str) -> Conversation:
-    conversation = _by_key(Conversation.objects.select_related("assistant"), conversation_id)
+    conversation = _by_key(_CONVERSATION, conversation_id)
     if conversation is None or not owner.owns(conversation):
         raise NotFound("No such conversation.")
     return conversation
 
 
 def _get_message(owner: Owner, message_id: str) -> Message:
-    message = _by_key(Message.objects.select_related("conversation__assistant"), message_id)
+    message = _by_key(_MESSAGE, message_id)
     if message is None or not owner.owns(message.conversation):
         raise NotFound("No such message.")
     return message

@@ -132,6 +132,8 @@ else:
         }
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Sessions in the database, their row read with a query compiled once.
+    SESSION_ENGINE = "project.database_sessions"
 
 
 def _connections() -> dict[str, dict]:
