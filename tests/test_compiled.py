@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -20,6 +23,7 @@ from chatstream.compiled import Compiled
 from chatstream.models import Assistant, Conversation, Message, Role, Status
 from chatstream.turns import _HISTORY, current_messages
 from project.database_sessions import SessionStore
+from tests.conftest import new_postgres_database
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -150,3 +154,20 @@ def test_the_database_session_store_reads_what_djangos_wrote_and_drops_expired_k
     assert expired.load() == {}
     assert expired.session_key is None
     assert SessionStore("no" * 16).load() == {}
+
+
+@pytest.mark.skipif(bool(os.environ.get("TEST_DATABASE_URL")), reason="on PostgreSQL already")
+def test_the_same_on_postgresql() -> None:
+    """Each database compiles its own dialect and prepares values its own way (UUIDs,
+    timestamps): these tests again, on the machine's PostgreSQL."""
+    with new_postgres_database(f"chatstream_compiled_{os.getpid()}") as url:
+        if url is None:
+            pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+             "-k", "not postgresql"],
+            env={**os.environ, "TEST_DATABASE_URL": url}, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "5 passed" in run.stdout
