@@ -9,8 +9,10 @@ database's dialect, and converts the rows; only the values change between runs.
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
@@ -31,20 +33,26 @@ class _Statement:
     slots: tuple[tuple[int, int], ...]  # (position in params, index of the value)
 
 
-class Compiled(Generic[M]):
-    """``build(*markers)``, compiled once; each run puts its values where the markers were.
+def _marker(field: Field[Any, Any], index: int) -> Any:
+    """A value of ``field``'s type that no other parameter of a query is likely to be."""
+    kind = getattr(field, "target_field", field).get_internal_type()  # a key: its target's
+    if kind == "UUIDField":
+        return uuid.UUID(int=index + 0xC0DE)
+    if kind == "DateTimeField":
+        return datetime(2001, 2, 3, 4, 5, 6, index + 0xC0DE, tzinfo=UTC)
+    if kind in ("CharField", "TextField"):
+        return f"compiled-marker-{index}"
+    raise ImproperlyConfigured(f"No marker for a {kind}: add one to chatstream.compiled.")
 
-    ``fields`` say how each value is stored (as a lookup on that field prepares it);
-    ``markers`` are values of those fields, each unlike every other parameter of the
-    query, so that compiling finds where each goes.
+
+class Compiled(Generic[M]):
+    """``build(*values)``, compiled once; each run puts its values where the first put markers.
+
+    ``fields`` say how each value is stored (as a lookup on that field prepares it).
     """
 
     def __init__(
-        self,
-        model: type[M],
-        build: Callable[..., QuerySet[M, Any]],
-        fields: Sequence[str],
-        markers: Sequence[Any],
+        self, model: type[M], build: Callable[..., QuerySet[M, Any]], fields: Sequence[str]
     ) -> None:
         self._model = model
         self._build = build
@@ -52,7 +60,7 @@ class Compiled(Generic[M]):
             model._meta.get_field(name)  # type: ignore[misc]
             for name in fields
         )
-        self._markers = tuple(markers)
+        self._markers = tuple(_marker(field, i) for i, field in enumerate(self._fields))
         self._statements: dict[str, _Statement] = {}  # by database alias
 
     def _statement(self, connection: BaseDatabaseWrapper) -> _Statement:

@@ -8,10 +8,9 @@ job (a conditional unique constraint), so two workers cannot both start one.
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -65,7 +64,6 @@ _HISTORY = Compiled(
         current_messages(conversation).filter(created_at__lt=before).values_list("role", "content")
     ),
     ["conversation", "created_at"],
-    [uuid.UUID(int=1), datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=UTC)],
 )
 
 

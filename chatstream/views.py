@@ -167,13 +167,11 @@ _CONVERSATION = Compiled(
     Conversation,
     lambda pk: Conversation.objects.select_related("assistant").filter(pk=pk).order_by(),
     ["id"],
-    [uuid.UUID(int=1)],
 )
 _MESSAGE = Compiled(
     Message,
     lambda pk: Message.objects.select_related("conversation__assistant").filter(pk=pk).order_by(),
     ["id"],
-    [uuid.UUID(int=1)],
 )
 
 

@@ -6,8 +6,6 @@ Django's ``get()`` for it costs more than running it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from django.contrib.sessions.backends import db
 from django.contrib.sessions.models import Session
 from django.utils import timezone
@@ -18,7 +16,6 @@ _LIVE = Compiled(
     Session,
     lambda key, now: Session.objects.filter(session_key=key, expire_date__gt=now),
     ["session_key", "expire_date"],
-    ["compiled-marker", datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=UTC)],
 )
 
 
