@@ -33,6 +33,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from chatstream import dbpool, metrics
+from chatstream.compiled import CompiledUpdate
 from chatstream.models import Message, Status
 from chatstream.replylog import ReplyLog, get_reply_log
 from chatstream.replylog.base import ANSWER, REASONING, Part, ReplyWriter, wait_done
@@ -47,6 +48,14 @@ _RETRY_FIRST, _RETRY_MOST = 0.5, 5.0  # seconds between two attempts at the row
 #: Replies younger than this are being started, not orphaned: sweeps leave them be.
 STARTING = timedelta(seconds=30)
 _RECOVER_AT_ONCE = dbpool.POOL_SIZE
+_STREAMING = CompiledUpdate(
+    Message, lambda pk, status: Message.objects.filter(pk=pk, status=status), ["id", "status"]
+)
+
+
+def write_streaming(reply_id: str, fields: Mapping[str, Any]) -> int:
+    """Writes ``fields`` to the reply's row if it still streams; 1 if it did, else 0."""
+    return _STREAMING.update(fields, reply_id, Status.STREAMING)
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ def _finalise_row(
     nothing but this write changes a streaming reply's other fields.
     """
     # The conversation's updated_at moved when the turn began: no second write here.
-    won = Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(**fields)
+    won = write_streaming(reply_id, fields)
     if won and row is not None:
         return finalised(row, fields), True
     try:

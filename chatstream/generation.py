@@ -64,7 +64,7 @@ class ReplySpec:
 
 
 def _checkpoint_row(reply_id: str, fields: dict[str, Any]) -> None:
-    Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(**fields)
+    ending.write_streaming(reply_id, fields)
 
 
 class Generation:

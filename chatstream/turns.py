@@ -19,7 +19,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from chatstream import context, dbpool, limits, pricing
-from chatstream.compiled import Compiled
+from chatstream.compiled import Compiled, CompiledInsert, CompiledUpdate
 from chatstream.conf import ChatstreamSettings, get_settings
 from chatstream.ending import recover, recover_all
 from chatstream.exceptions import (
@@ -65,6 +65,8 @@ _HISTORY = Compiled(
     ),
     ["conversation", "created_at"],
 )
+_MESSAGES = CompiledInsert(Message)
+_CONVERSATION = CompiledUpdate(Conversation, lambda pk: Conversation.objects.filter(pk=pk), ["id"])
 
 
 def _defaults() -> QuerySet[Assistant]:
@@ -182,12 +184,12 @@ def _create_turn(
                 finished_at=now,
             )
             reply = _new_reply(conversation, question, assistant, model)
-            Message.objects.bulk_create([question, reply])  # one INSERT for the turn
+            _MESSAGES.insert([question, reply])  # one INSERT for the turn
             changes: dict[str, Any] = {"updated_at": now}
             conversation.updated_at = now
             if not conversation.title:
                 changes["title"] = conversation.title = " ".join(content.split())[:_TITLE_LENGTH]
-            Conversation.objects.filter(pk=conversation.pk).update(**changes)
+            _CONVERSATION.update(changes, conversation.pk)
     except IntegrityError:
         raise ReplyInProgress() from None
     return question, reply, _history(reply, assistant, budget)

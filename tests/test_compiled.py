@@ -8,18 +8,19 @@ import sys
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.contrib.sessions.backends.db import SessionStore as DjangoStore
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
-from django.db.models.sql.compiler import SQLCompiler
+from django.db import IntegrityError, connection, transaction
+from django.db.models.sql.compiler import SQLCompiler, SQLInsertCompiler, SQLUpdateCompiler
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from chatstream import views
-from chatstream.compiled import Compiled
+from chatstream.compiled import Compiled, CompiledInsert, CompiledUpdate
 from chatstream.models import Assistant, Conversation, Message, Role, Status
 from chatstream.turns import _HISTORY, current_messages
 from project.database_sessions import SessionStore
@@ -155,6 +156,116 @@ def test_the_database_session_store_reads_what_djangos_wrote_and_drops_expired_k
     assert SessionStore("no" * 16).load() == {}
 
 
+def _counting(monkeypatch: pytest.MonkeyPatch, compiler: type[SQLCompiler]) -> list[int]:
+    """Counts the ``compiler``'s statements on messages from now on."""
+    compiled: list[int] = []
+    as_sql = compiler.as_sql
+
+    def counting(self: SQLCompiler, *args: Any, **kwargs: Any) -> Any:
+        if self.query.model is Message:
+            compiled.append(1)
+        return as_sql(self, *args, **kwargs)
+
+    monkeypatch.setattr(compiler, "as_sql", counting)
+    return compiled
+
+
+def _turn(n: int) -> list[Message]:
+    """A question and its streaming reply, in a conversation of their own (one streams at
+    a time in each)."""
+    conversation = Conversation.objects.create()
+    question = Message(
+        conversation=conversation, role=Role.USER, content=f"q{n} ✓", created_at=T0,
+        finished_at=T0, layout={"parts": [n]},
+    )  # fmt: skip
+    reply = Message(
+        conversation=conversation, role=Role.ASSISTANT, status=Status.STREAMING,
+        reply_to=question, model="m", cost=Decimal("0.00012345"), created_at=T0,
+    )  # fmt: skip
+    return [question, reply]
+
+
+def _stored(pks: list[Any]) -> list[dict[str, Any]]:
+    rows = {row["id"]: row for row in Message.objects.filter(pk__in=pks).values()}
+    return [{**rows[pk], "id": None, "conversation_id": None, "reply_to_id": None} for pk in pks]
+
+
+def test_an_insert_stores_what_bulk_create_stores_and_compiles_once_per_row_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    insert = CompiledInsert(Message)
+    by_orm = _turn(0)
+    Message.objects.bulk_create(by_orm)
+    compiled = _counting(monkeypatch, SQLInsertCompiler)
+
+    for n in (0, 1):
+        mine = _turn(n)
+        insert.insert(mine)
+        assert all(not m._state.adding and m._state.db == "default" for m in mine)
+        stored = _stored([m.pk for m in mine])
+        assert stored[1]["reply_to_id"] is None  # compared apart: each pair its own question
+        assert Message.objects.get(pk=mine[1].pk).reply_to_id == mine[0].pk
+        if n == 0:
+            assert stored == _stored([m.pk for m in by_orm])
+        else:
+            assert stored[0]["content"] == "q1 ✓" and stored[0]["layout"] == {"parts": [1]}
+    assert len(compiled) == 1
+    insert.insert(_turn(2)[:1])
+    assert len(compiled) == 2  # another number of rows is another statement
+    assert Message.objects.count() == 7
+
+
+def test_an_insert_refuses_rows_without_keys_or_with_unsaved_related_rows() -> None:
+    insert = CompiledInsert(Message)
+    question, reply = _turn(0)
+    question.pk = None
+    with pytest.raises(ValueError, match="keys are set"):
+        insert.insert([question])
+    with pytest.raises(ValueError, match="unsaved related object"):
+        insert.insert([reply])  # its question has no key, so cannot have been saved
+    assert not Message.objects.exists()
+
+
+def test_a_failed_insert_inside_atomic_rolls_the_block_back() -> None:
+    insert = CompiledInsert(Message)
+    first = _turn(0)
+    insert.insert(first)
+    again = _turn(1)
+    again[0].pk = first[0].pk
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Conversation.objects.update(title="changed")
+        insert.insert(again[:1])
+    assert Message.objects.count() == 2
+    assert set(Conversation.objects.values_list("title", flat=True)) == {""}
+
+
+def test_an_update_changes_what_queryset_update_changes_nulls_included(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    streaming = CompiledUpdate(
+        Message, lambda pk, status: Message.objects.filter(pk=pk, status=status), ["id", "status"]
+    )
+    mine, by_orm = _turn(0), _turn(0)
+    Message.objects.bulk_create(mine + by_orm)
+    compiled = _counting(monkeypatch, SQLUpdateCompiler)
+    changes: list[dict[str, Any]] = [
+        {"content": "so far", "layout": None, "cost": None},
+        {"content": "more ✓", "layout": {"parts": ["a"]}, "cost": Decimal("1.5")},
+        {"content": "so far", "layout": None, "cost": None},
+        {"content": "done", "layout": {"parts": []}, "cost": Decimal("0.25"),
+         "status": Status.COMPLETE, "finished_at": T0 + timedelta(seconds=1)},
+    ]  # fmt: skip
+    for fields in changes:
+        assert streaming.update(fields, str(mine[1].pk), Status.STREAMING) == 1
+        Message.objects.filter(pk=by_orm[1].pk, status=Status.STREAMING).update(**fields)
+        assert _stored([mine[1].pk]) == _stored([by_orm[1].pk])
+    assert len(compiled) == 3 + len(changes)  # three kinds compiled, the ORM's every time
+    assert streaming.update({"content": "late"}, mine[1].pk, Status.STREAMING) == 0
+    assert Message.objects.get(pk=mine[1].pk).content == "done"
+    with pytest.raises(TypeError, match="plain values"):
+        streaming.update({"content": Message.objects.none()}, mine[1].pk, Status.STREAMING)
+
+
 @pytest.mark.skipif(bool(os.environ.get("TEST_DATABASE_URL")), reason="on PostgreSQL already")
 def test_the_same_on_postgresql() -> None:
     """Each database compiles its own dialect and prepares values its own way (UUIDs,
@@ -169,4 +280,4 @@ def test_the_same_on_postgresql() -> None:
             timeout=300,
         )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "5 passed" in run.stdout
+    assert "9 passed" in run.stdout

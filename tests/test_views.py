@@ -13,7 +13,7 @@ from django.db import OperationalError
 from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 
-from chatstream import dbpool
+from chatstream import dbpool, turns
 from chatstream.generation import registry
 from chatstream.models import Assistant, Conversation, Message
 from chatstream.providers.demo import demo_reply
@@ -312,7 +312,7 @@ async def test_a_locked_database_is_503_json_and_stores_nothing(
         raise OperationalError("database is locked")
 
     # As SQLite answers a writer that waited past its timeout.
-    monkeypatch.setattr(Message.objects, "bulk_create", locked)
+    monkeypatch.setattr(turns._MESSAGES, "insert", locked)
     response = await post(
         client, f"/api/conversations/{conversation}/messages/", {"content": "hello"}
     )
