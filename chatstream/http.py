@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from asgiref.sync import SyncToAsync
@@ -20,7 +21,10 @@ class EventStreamResponse(StreamingHttpResponse):
     our own reference to the generator we must close.
 
     Once the body streams, the request's worker thread has nothing left to do:
-    it is let go rather than kept idle for the minutes a stream may stay open.
+    it is let go rather than kept idle for the minutes a stream may stay open. What
+    the request still does on a thread once the stream ends (``close()``, with
+    ``request_finished``) runs on one thread that every stream shares, rather than
+    on a new thread per stream, and leaves no thread for the request's end to join.
     """
 
     def __init__(self, events: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
@@ -39,6 +43,17 @@ class EventStreamResponse(StreamingHttpResponse):
         finally:
             await content.aclose()
             await self._events.aclose()
+            _lend_closer()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            context = SyncToAsync.thread_sensitive_context.get(None)
+            if context is not None:
+                executors = SyncToAsync.context_to_thread_executor
+                if executors.get(context) is _CLOSER:
+                    del executors[context]
 
 
 def release_request_thread() -> None:
@@ -55,6 +70,24 @@ def release_request_thread() -> None:
     executor = SyncToAsync.context_to_thread_executor.pop(context, None)
     if executor is not None:
         executor.shutdown(wait=False)
+
+
+class _SharedExecutor(ThreadPoolExecutor):
+    """An executor that asgiref may hand back at a request's end without stopping it."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stays up: every stream's request shares it for as long as the process runs."""
+
+
+_CLOSER = _SharedExecutor(max_workers=1, thread_name_prefix="chatstream-close")
+
+
+def _lend_closer() -> None:
+    """Sends the request's remaining thread-sensitive calls to the shared thread, unless
+    the request got a thread of its own again meanwhile."""
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    if context is not None and getattr(context, "_executor", None) is None:
+        SyncToAsync.context_to_thread_executor.setdefault(context, _CLOSER)
 
 
 class JsonErrorResponse(JsonResponse):

@@ -1,0 +1,135 @@
+"""The event-stream response under Django's ASGI handler: a stream's request ends on one
+thread that every stream shares, whichever way the stream ended."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from django.core.handlers.asgi import ASGIHandler
+from django.core.signals import request_finished
+from django.http import HttpRequest, HttpResponse
+from django.test import override_settings
+from django.urls import path
+
+from chatstream.http import EventStreamResponse
+
+
+async def _three() -> AsyncIterator[bytes]:
+    for n in range(3):
+        yield f"data: {n}\n\n".encode()
+        await asyncio.sleep(0)
+
+
+async def _until_gone() -> AsyncIterator[bytes]:
+    yield b"data: first\n\n"
+    await asyncio.Event().wait()
+
+
+async def stream(request: HttpRequest) -> EventStreamResponse:
+    return EventStreamResponse(_three())  # type: ignore[arg-type]
+
+
+async def endless(request: HttpRequest) -> EventStreamResponse:
+    return EventStreamResponse(_until_gone())  # type: ignore[arg-type]
+
+
+async def plain(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(b"plain")
+
+
+urlpatterns = [path("stream/", stream), path("endless/", endless), path("plain/", plain)]
+
+
+def _scope(path: str) -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 40000), "server": ("testserver", 80),
+        "headers": [(b"host", b"testserver")],
+    }  # fmt: skip
+
+
+async def _get(handler: ASGIHandler, path: str) -> bytes:
+    communicator = ApplicationCommunicator(handler, _scope(path))
+    await communicator.send_input({"type": "http.request", "body": b""})
+    assert (await communicator.receive_output(10))["status"] == 200
+    body = b""
+    while True:
+        message = await communicator.receive_output(10)
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await communicator.wait(10)
+    return body
+
+
+@pytest.fixture
+def finished_on() -> Any:
+    """The name of the thread each ``request_finished`` ran on."""
+    names: list[str] = []
+
+    def record(**kwargs: Any) -> None:
+        names.append(threading.current_thread().name)
+
+    request_finished.connect(record)
+    yield names
+    request_finished.disconnect(record)
+
+
+@pytest.fixture
+def thread_starts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counted(self: threading.Thread) -> None:
+        started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counted)
+    return started
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[])
+async def test_a_finished_stream_ends_on_the_shared_thread_and_starts_fewer(
+    finished_on: list[str], thread_starts: list[str]
+) -> None:
+    handler = ASGIHandler()
+    await _get(handler, "/stream/")  # the shared thread starts once, here or earlier
+    started = {}
+    for name in ("plain", "stream"):
+        thread_starts.clear()
+        finished_on.clear()
+        body = await _get(handler, f"/{name}/")
+        started[name] = len(thread_starts)
+        if name == "stream":
+            assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+            assert len(finished_on) == 1 and finished_on[0].startswith("chatstream-close")
+        else:
+            assert finished_on == [finished_on[0]] and not finished_on[0].startswith("chatstream")
+    # A plain response's request starts its own thread and one to join it at the end; a
+    # stream's lets its own go while it streams, and ends on the shared one.
+    assert started["stream"] < started["plain"], started
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[])
+async def test_a_stream_the_client_left_ends_on_it_too_and_it_stays_up(
+    finished_on: list[str],
+) -> None:
+    handler = ASGIHandler()
+    communicator = ApplicationCommunicator(handler, _scope("/endless/"))
+    await communicator.send_input({"type": "http.request", "body": b""})
+    assert (await communicator.receive_output(10))["status"] == 200
+    assert (await communicator.receive_output(10))["body"] == b"data: first\n\n"
+    await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(10)
+    assert len(finished_on) == 1 and finished_on[0].startswith("chatstream-close")
+
+    # asgiref handed the shared executor back to be shut down as that request ended.
+    finished_on.clear()
+    assert await _get(handler, "/stream/") == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert len(finished_on) == 1 and finished_on[0].startswith("chatstream-close")
