@@ -89,11 +89,9 @@ class _Statement:
     slots: tuple[tuple[int, int], ...]  # (position in params, index of the value)
 
 
-class Compiled(Generic[M]):
-    """``build(*values)``, compiled once; each run puts its values where the first put markers.
-
-    ``fields`` say how each value is stored (as a lookup on that field prepares it).
-    """
+class _Built(Generic[M]):
+    """A statement that ``build(*values)`` makes, ``fields`` saying how each value is stored
+    (as a lookup on that field prepares it)."""
 
     def __init__(
         self, model: type[M], build: Callable[..., QuerySet[M, Any]], fields: Sequence[str]
@@ -101,7 +99,13 @@ class Compiled(Generic[M]):
         self._model = model
         self._build = build
         self._markers = _Markers(model, fields)
-        self._statements: dict[str, _Statement] = {}  # by database alias
+        self._statements: dict[Any, Any] = {}
+
+
+class Compiled(_Built[M]):
+    """``build(*values)``, compiled once; each run puts its values where the first put markers."""
+
+    _statements: dict[str, _Statement]  # by database alias
 
     def _statement(self, connection: BaseDatabaseWrapper) -> _Statement:
         statement = self._statements.get(connection.alias)
@@ -169,7 +173,7 @@ class _Update:
     slots: tuple[tuple[int, int], ...]
 
 
-class CompiledUpdate(Generic[M]):
+class CompiledUpdate(_Built[M]):
     """``build(*values).update(**changes)``, compiled once per database and kind of change.
 
     Which fields change, and which of them become NULL, shape the SQL: each such kind
@@ -177,13 +181,7 @@ class CompiledUpdate(Generic[M]):
     prepared the changes as this does.
     """
 
-    def __init__(
-        self, model: type[M], build: Callable[..., QuerySet[M, Any]], fields: Sequence[str]
-    ) -> None:
-        self._model = model
-        self._build = build
-        self._markers = _Markers(model, fields)
-        self._statements: dict[tuple[Any, ...], _Update] = {}
+    _statements: dict[tuple[Any, ...], _Update]
 
     def update(self, changes: Mapping[str, Any], *values: Any) -> int:
         """The number of rows changed."""

@@ -17,6 +17,7 @@ from django.test import override_settings
 from django.urls import path
 
 from chatstream.http import EventStreamResponse
+from tests.asgi_request import asgi, http_scope
 
 
 async def _three() -> AsyncIterator[bytes]:
@@ -45,26 +46,9 @@ async def plain(request: HttpRequest) -> HttpResponse:
 urlpatterns = [path("stream/", stream), path("endless/", endless), path("plain/", plain)]
 
 
-def _scope(path: str) -> dict[str, Any]:
-    return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "client": ("127.0.0.1", 40000), "server": ("testserver", 80),
-        "headers": [(b"host", b"testserver")],
-    }  # fmt: skip
-
-
 async def _get(handler: ASGIHandler, path: str) -> bytes:
-    communicator = ApplicationCommunicator(handler, _scope(path))
-    await communicator.send_input({"type": "http.request", "body": b""})
-    assert (await communicator.receive_output(10))["status"] == 200
-    body = b""
-    while True:
-        message = await communicator.receive_output(10)
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    await communicator.wait(10)
+    status, _, body = await asgi(handler, "GET", path)
+    assert status == 200
     return body
 
 
@@ -121,7 +105,7 @@ async def test_a_stream_the_client_left_ends_on_it_too_and_it_stays_up(
     finished_on: list[str],
 ) -> None:
     handler = ASGIHandler()
-    communicator = ApplicationCommunicator(handler, _scope("/endless/"))
+    communicator = ApplicationCommunicator(handler, http_scope("GET", "/endless/"))
     await communicator.send_input({"type": "http.request", "body": b""})
     assert (await communicator.receive_output(10))["status"] == 200
     assert (await communicator.receive_output(10))["body"] == b"data: first\n\n"

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import SyncToAsync
-from asgiref.testing import ApplicationCommunicator
 from django.contrib import messages
 from django.core.handlers.asgi import ASGIHandler as DjangosHandler
 from django.http import HttpRequest, HttpResponse
@@ -21,6 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from project import middleware
 from project.settings import MIDDLEWARE as PROJECT_MIDDLEWARE
+from tests.asgi_request import asgi
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -152,30 +152,6 @@ async def test_whitenoise_serves_static_files_and_passes_the_rest_on(tmp_path: P
     assert content == b"alert(1)"
     assert other.content == b"view"
     assert passed == ["/api/health/"]
-
-
-async def asgi(
-    app: Any, method: str, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    """One request through an ASGI application: (status, headers, body)."""
-    sent = {"host": "testserver", **(headers or {})}
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "client": ("127.0.0.1", 40000), "server": ("testserver", 80),
-        "headers": [(k.encode(), v.encode()) for k, v in sent.items()],
-    }  # fmt: skip
-    communicator = ApplicationCommunicator(app, scope)
-    await communicator.send_input({"type": "http.request", "body": b""})
-    start = await communicator.receive_output(10)
-    body = b""
-    while True:
-        message = await communicator.receive_output(10)
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    await communicator.wait(10)
-    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
 
 
 def with_cookies(response_headers: dict[str, str]) -> dict[str, str]:
