@@ -256,7 +256,7 @@ class CompiledInsert(Generic[M]):
         if len(statements) != 1:
             raise ImproperlyConfigured(f"{len(objs)} rows take one INSERT here, not {statements}")
         [(sql, params)] = statements
-        rows = [
+        rows = [  # the values as the ORM's pre_save() just left them on the rows
             [_for_save(field, getattr(obj, field.attname), connection) for field in self._fields]
             for obj in objs
         ]

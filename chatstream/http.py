@@ -25,6 +25,7 @@ class EventStreamResponse(StreamingHttpResponse):
     the request still does on a thread once the stream ends (``close()``, with
     ``request_finished``) runs on one thread that every stream shares, rather than
     on a new thread per stream, and leaves no thread for the request's end to join.
+    A ``request_finished`` receiver that blocks holds up every stream's end.
     """
 
     def __init__(self, events: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
@@ -48,12 +49,11 @@ class EventStreamResponse(StreamingHttpResponse):
     def close(self) -> None:
         try:
             super().close()
-        finally:
+        finally:  # the shared thread is not the request's: nothing for its end to join
             context = SyncToAsync.thread_sensitive_context.get(None)
-            if context is not None:
-                executors = SyncToAsync.context_to_thread_executor
-                if executors.get(context) is _CLOSER:
-                    del executors[context]
+            executors = SyncToAsync.context_to_thread_executor
+            if context is not None and executors.get(context) is _CLOSER:
+                del executors[context]
 
 
 def release_request_thread() -> None:
