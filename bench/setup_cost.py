@@ -7,7 +7,8 @@ of its ``stream_url``), against the bench's fake upstream sending one token. Pri
 process's CPU time (every thread) per reply for chatstream and for the baseline
 relay, each the median of ``--rounds`` rounds of ``--replies`` replies.
 ``--count`` prints, instead, what one reply does: its hops to a thread
-(``sync_to_async`` calls), the threads it starts and its database queries.
+(``sync_to_async`` calls), the threads it starts, its database queries and its
+round trips to Redis (one per command, script or pipeline sent).
 ``--history N`` gives every reply N earlier question-and-answer turns (the
 baseline sends the same turns to the SDK); ``--database-url`` and ``--redis-url``
 run it on PostgreSQL and with Redis, as a production worker would.
@@ -144,13 +145,15 @@ def warm_sessions(owners: list[dict[str, Any]]) -> None:
 
 
 def count_calls() -> dict[str, int]:
-    """Counts hops to a thread, thread starts and queries, in every thread, from now on."""
+    """Counts hops to a thread, thread starts, queries and Redis round trips, from now on."""
     import threading
 
     from asgiref.sync import SyncToAsync
     from django.db.backends.utils import CursorWrapper
+    from redis.asyncio.connection import AbstractConnection
+    from redis.connection import AbstractConnection as SyncConnection
 
-    counts = {"hops": 0, "threads": 0, "queries": 0}
+    counts = {"hops": 0, "threads": 0, "queries": 0, "redis": 0}
 
     def counting(name: str, method: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -163,6 +166,10 @@ def count_calls() -> dict[str, int]:
     threading.Thread.start = counting("threads", threading.Thread.start)  # type: ignore[method-assign]
     execute = "_execute_with_wrappers"  # every query, whichever execute* was called
     setattr(CursorWrapper, execute, counting("queries", getattr(CursorWrapper, execute)))
+    # One send per command or pipeline; the stop subscription's reads are not sends.
+    for connection in (AbstractConnection, SyncConnection):
+        send = connection.send_packed_command
+        connection.send_packed_command = counting("redis", send)  # type: ignore[method-assign]
     return counts
 
 
@@ -207,7 +214,9 @@ def main() -> None:
         "--two-requests", action="store_true", help="chatstream's POST, then a GET of the stream"
     )
     parser.add_argument(
-        "--count", action="store_true", help="per reply: thread hops, thread starts, queries"
+        "--count",
+        action="store_true",
+        help="per reply: thread hops, thread starts, queries, Redis round trips",
     )
     parser.add_argument("--history", type=int, default=0, help="earlier turns per reply")
     parser.add_argument(
