@@ -83,8 +83,9 @@ async def follow(reply_id: str, offset: int) -> AsyncGenerator[Item, None]:
     """Everything after ``offset`` until the reply's ``Ending``.
 
     Raises ``ReplyLogUnavailable`` when the log cannot be reached: the client
-    should resume from its offset later. The reader is counted in the log while
-    it follows, which the ``cancel`` disconnect policy watches.
+    should resume from its offset later. Under the ``cancel`` disconnect policy the
+    reader is counted in the log while it follows (the reply stops when none is left);
+    under ``continue`` nothing reads the count, so it is not kept.
     """
     settings, log = get_settings(), get_reply_log()
     least, most = settings.flush_interval, settings.flush_interval_max
@@ -93,9 +94,10 @@ async def follow(reply_id: str, offset: int) -> AsyncGenerator[Item, None]:
     sent_any = False  # a gap is measured from this reader's previous frame
     metrics.READERS_LIVE.inc()
     try:
-        with contextlib.suppress(ReplyLogUnavailable):  # the first read reports it
-            await log.reader_joined(reply_id)
-            joined = True
+        if settings.disconnect_policy == "cancel":
+            with contextlib.suppress(ReplyLogUnavailable):  # the first read reports it
+                await log.reader_joined(reply_id)
+                joined = True
         with pacing.watched() as load:
             while True:
                 read = await log.read(reply_id, offset, settings.keepalive_interval)

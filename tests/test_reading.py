@@ -53,3 +53,20 @@ async def test_a_paced_model_gets_a_frame_per_token() -> None:
     with override_settings(CHATSTREAM={**BASE, "FLUSH_INTERVAL": 0.02}):
         items = await run(tokens, interval=0.1)
     assert [item.text for _, item in items if isinstance(item, Delta)] == tokens
+
+
+async def test_readers_are_counted_in_the_log_only_where_the_policy_reads_the_count() -> None:
+    counted = {}
+    for policy in ("continue", "cancel"):
+        with override_settings(CHATSTREAM={**BASE, "DISCONNECT_POLICY": policy}):
+            reply_id, log = str(uuid.uuid4()), get_reply_log()
+            writer = await log.open(reply_id)
+            await writer.append("first")
+            reader = follow(reply_id, 0)
+            assert isinstance(await anext(reader), Delta)
+            counted[policy] = await log.readers(reply_id)
+            await reader.aclose()
+            left = await log.readers(reply_id)
+            await writer.close({"status": "complete"})
+        assert left == 0
+    assert counted == {"continue": 0, "cancel": 1}

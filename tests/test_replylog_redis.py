@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -245,6 +246,45 @@ async def test_a_fenced_out_flush_writes_nothing(redis_url: str, prefix: str) ->
             await asyncio.sleep(0.01)
         assert writer.lost.is_set()
         assert await other.length(reply) == 0
+    finally:
+        await owner.aclose()
+        await other.aclose()
+
+
+async def test_an_owner_asks_for_its_fence_only_when_redis_has_not_said_so_lately(
+    redis_url: str, prefix: str
+) -> None:
+    log = make_log(redis_url, prefix)  # a 10 s lease: Redis confirmed the fence at open
+    reply = new_id()
+    client = aredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        writer = await log.open(reply)
+        async with client.monitor() as monitor:
+            assert await writer.holds_lease()
+            await client.set(log.key("probe", reply), "1")  # marks the end of what was sent
+            seen = []
+            while not (command := (await monitor.next_command())["command"]).startswith("SET"):
+                seen.append(command)
+        assert not [command for command in seen if prefix in command]
+    finally:
+        await client.aclose()
+        await log.aclose()
+
+
+async def test_an_owner_that_stalled_past_its_lease_learns_it_was_taken_over(
+    redis_url: str, prefix: str
+) -> None:
+    owner, other = make_log(redis_url, prefix, lease_ttl=0.6), make_log(redis_url, prefix)
+    reply = new_id()
+    try:
+        writer = await owner.open(reply)
+        client = aredis.Redis.from_url(redis_url)
+        await client.delete(owner.key("lease", reply))  # lapsed while the owner stalled
+        await client.aclose()
+        assert await other.claim(reply) is not None
+        time.sleep(0.3)  # the stall: this loop (the owner's heartbeat too) runs nothing
+        assert not await writer.holds_lease()
+        assert writer.lost.is_set()
     finally:
         await owner.aclose()
         await other.aclose()

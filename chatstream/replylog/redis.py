@@ -92,6 +92,15 @@ end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return result
 """
+# A new reply: its log (the owner on entry one), its fence and its lease, in one call.
+_OPEN = """
+redis.call('DEL', KEYS[1], KEYS[4])
+redis.call('XADD', KEYS[1], '*', 't', '', 'e', 0, 'o', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[3])
+return 1
+"""
 # The log vanished (a Redis restart): its owner writes it whole, and takes its fence back.
 _REWRITE = """
 local fence = redis.call('GET', KEYS[2])
@@ -163,6 +172,8 @@ class _Writer(ReplyWriter):
         self.timer: asyncio.Task[None] | None = None
         self.stop = asyncio.Event()
         self.claimed = False  # a recovery's writer: appends nothing, rewrites nothing
+        # When (this loop's clock, as the command was sent) Redis last said the fence is ours.
+        self.confirmed = float("-inf")
 
     @property
     def keys(self) -> list[str]:
@@ -201,9 +212,12 @@ class _Writer(ReplyWriter):
             # Taken before any await: appends made meanwhile go to the next flush.
             parts, end = self.pending, self.buffer.length
             self.pending = []
+            sent = asyncio.get_running_loop().time()
             try:
                 with metrics.REPLY_LOG_FLUSH.time():
                     result = await self._write(parts, end, final, close)
+                if result == _WRITTEN:
+                    self.confirmed = sent
                 if result == _VANISHED and self.claimed:
                     return False  # nothing to finalise into: its lease lapses by itself
                 if result == _VANISHED:
@@ -251,8 +265,18 @@ class _Writer(ReplyWriter):
         self.pending = []
 
     async def holds_lease(self) -> bool:
+        """Asks Redis unless it said so lately.
+
+        A lease lives ``lease_ttl`` after it was set, and no one takes a reply over
+        while it does; a Redis that lost it (a restart) has a claimer wait a heartbeat
+        first. So for a heartbeat's interval after Redis last confirmed the fence, it is
+        still ours. Either way, the row's conditional write decides once, and the
+        final record follows the row.
+        """
         if self.lost.is_set():
             return False
+        if asyncio.get_running_loop().time() - self.confirmed < self.log._heartbeat_interval:
+            return True
         try:
             fence = await self.state.client.get(self.log.key("fence", self.reply_id))
         except RedisError:
@@ -288,14 +312,16 @@ class _Writer(ReplyWriter):
     async def wait_stop(self) -> None:
         state = self.state
         await state.subscribed.wait()
-        try:
-            # Shielded: this watcher is cancelled as soon as a reply ends, often while
-            # this first command still runs, and redis-py cancelled mid-command (on a
-            # connection it is opening) can leave the cancelled task hanging.
-            if await asyncio.shield(state.client.exists(self.log.key("stop", self.reply_id))):
-                return
-        except RedisError:
-            pass  # the subscription still hears a stop once Redis is back
+        if self.claimed:  # a stop may have come before this process took the reply
+            try:
+                # Shielded: this watcher is cancelled as soon as a reply ends, often while
+                # this first command still runs, and redis-py cancelled mid-command (on a
+                # connection it is opening) can leave the cancelled task hanging.
+                stop_key = self.log.key("stop", self.reply_id)
+                if await asyncio.shield(state.client.exists(stop_key)):
+                    return
+            except RedisError:
+                pass  # the subscription still hears a stop once Redis is back
         await self.stop.wait()
 
     def cancel_timer(self) -> None:
@@ -338,6 +364,7 @@ class _LoopState:
             timeout=log.pool_timeout,
         )
         self.client = aredis.Redis.from_pool(pool)
+        self.open = self.client.register_script(_OPEN)
         self.append = self.client.register_script(_APPEND)
         self.rewrite = self.client.register_script(_REWRITE)
         self.claim = self.client.register_script(_CLAIM)
@@ -393,18 +420,20 @@ class RedisReplyLog(ReplyLog):
         state = self._state
         await self._ensure_background(state)
         writer = _Writer(self, state, reply_id, owner, uuid.uuid4().hex)
-        key = self.key("reply", reply_id)
-        try:
-            async with state.client.pipeline(transaction=True) as pipe:
-                pipe.delete(key, self.key("stop", reply_id))
-                pipe.xadd(key, {"t": "", "e": 0, "o": owner})  # the owner rides on entry one
-                pipe.expire(key, _ORPHAN_TTL)
-                pipe.set(self.key("fence", reply_id), writer.token, ex=_ORPHAN_TTL)
-                pipe.set(self.key("lease", reply_id), WORKER, px=self._lease_ms)
-                await pipe.execute()
-        except RedisError as exc:
-            raise ReplyLogUnavailable() from exc
+        # Registered first: a stop published once the log is open finds its writer,
+        # so the writer need not look for one in Redis (see ``wait_stop``).
         state.writers[reply_id] = writer
+        args: list[str | int | float] = [owner, writer.token, self._lease_ms, _ORPHAN_TTL, WORKER]
+        sent = asyncio.get_running_loop().time()
+        try:
+            await state.open(keys=writer.keys, args=args)
+        except BaseException as exc:
+            if state.writers.get(reply_id) is writer:
+                del state.writers[reply_id]
+            if isinstance(exc, RedisError):
+                raise ReplyLogUnavailable() from exc
+            raise
+        writer.confirmed = sent
         return writer
 
     async def claim(self, reply_id: str) -> ReplyWriter | None:
@@ -682,11 +711,14 @@ class RedisReplyLog(ReplyLog):
                 keys = [key for w in writers for key in w.keys[2:0:-1]]  # lease, fence
                 tokens = [w.token for w in writers]
                 args: list[str | int | float] = [WORKER, self._lease_ms, _ORPHAN_TTL, *tokens]
+                sent = asyncio.get_running_loop().time()
                 held = await state.heartbeat_script(keys=keys, args=args)
                 for writer, holds in zip(writers, held, strict=True):
                     if not holds:
                         writer.fenced_out()
-                    elif writer.pending and writer.timer is None:
+                        continue
+                    writer.confirmed = sent
+                    if writer.pending and writer.timer is None:
                         await writer.flush()
             except RedisError as exc:
                 logger.warning("Lease heartbeat failed: %s", exc)
