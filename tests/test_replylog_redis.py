@@ -259,13 +259,14 @@ async def test_an_owner_asks_for_its_fence_only_when_redis_has_not_said_so_latel
     client = aredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         writer = await log.open(reply)
+        probe, fence = log.key("probe", reply), log.key("fence", reply)
         async with client.monitor() as monitor:
             assert await writer.holds_lease()
-            await client.set(log.key("probe", reply), "1")  # marks the end of what was sent
+            await client.set(probe, "1")  # marks the end of what was sent
             seen = []
-            while not (command := (await monitor.next_command())["command"]).startswith("SET"):
+            while probe not in (command := (await monitor.next_command())["command"]):
                 seen.append(command)
-        assert not [command for command in seen if prefix in command]
+        assert not [command for command in seen if fence in command]
     finally:
         await client.aclose()
         await log.aclose()
