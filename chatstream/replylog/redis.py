@@ -8,7 +8,11 @@ Layout, per reply (``P`` is the key prefix):
   after ``finish()`` (and a day after ``open()``, should its owner vanish).
 - ``P:lease:<id>`` — the owner's lease, refreshed by one heartbeat per process.
   A reply whose lease is gone has no live generation: anyone may recover it.
+- ``P:fence:<id>`` — the token of whoever writes the reply now (its owner, or the
+  recovery that took it over); every write checks it.
 - ``P:stop:<id>`` — a stop request, announced on the ``P:events`` channel.
+- ``P:readers:<id>`` — how many readers follow the reply, kept only under the
+  ``cancel`` disconnect policy, which stops a reply none follows.
 
 One pub/sub subscription per process hears ``P:events``: ``s:<id>`` wakes the
 generation that owns the reply, ``t:<id>`` (sent with each flush) wakes the
