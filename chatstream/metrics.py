@@ -94,7 +94,7 @@ FRAME_GAP = Histogram(
 
 REPLY_LOG_FLUSH = Histogram(
     "chatstream_reply_log_flush_seconds",
-    "One flush of a reply's batched text to Redis.",
+    "One write of reply text to Redis: a batch of the worker's replies, or a reply's last.",
     buckets=_FAST,
 )
 REPLY_LOG_FLUSH_FAILURES = Counter(

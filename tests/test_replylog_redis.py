@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aredis
@@ -18,6 +19,15 @@ from tests.replylog_contract import ReplyLogContract, new_id, settled
 
 def make_log(url: str, prefix: str, **options: float) -> RedisReplyLog:
     return RedisReplyLog(location=url, options={"prefix": prefix, **options}, ttl=60)
+
+
+async def sent_before(probe: str, client: aredis.Redis, monitor: Any) -> list[str]:
+    """What Redis was sent, as ``monitor`` saw it, before ``client`` sets ``probe`` now."""
+    await client.set(probe, "1")
+    seen = []
+    while probe not in (command := (await monitor.next_command())["command"]):
+        seen.append(command)
+    return seen
 
 
 @pytest.fixture
@@ -113,6 +123,70 @@ async def test_appends_are_batched_not_written_per_token(redis_url: str, prefix:
     assert read.text == "".join(f"{i} " for i in range(1000))
 
 
+async def test_one_round_trip_a_batch_carries_every_replys_text(
+    redis_url: str, prefix: str
+) -> None:
+    owner, other = make_log(redis_url, prefix, batch_interval=0.05), make_log(redis_url, prefix)
+    replies = [new_id() for _ in range(3)]
+    client = aredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        writers = [await owner.open(reply) for reply in replies]
+        # Readers on another worker wait on the one wake-up that names all three.
+        waiting = [asyncio.ensure_future(other.read(r, 0, timeout=10)) for r in replies]
+        await asyncio.sleep(0.05)
+        probe = owner.key("probe", replies[0])
+        async with client.monitor() as monitor:
+            for i, writer in enumerate(writers):
+                await writer.append(f"text {i}")
+            reads = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+            seen = await sent_before(probe, client, monitor)
+        assert [read.text for read in reads] == ["text 0", "text 1", "text 2"]
+        logs = [owner.key("reply", reply) for reply in replies]
+        writes = [c for c in seen if c.startswith("EVALSHA") and any(k in c for k in logs)]
+        assert len(writes) == 1
+        assert all(key in writes[0] for key in logs)
+    finally:
+        await client.aclose()
+        await owner.aclose()
+        await other.aclose()
+
+
+async def test_a_close_waits_for_the_batch_that_carries_its_earlier_text(
+    redis_url: str, prefix: str
+) -> None:
+    owner, other = make_log(redis_url, prefix, batch_interval=0.01), make_log(redis_url, prefix)
+    reply = new_id()
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        writer = await owner.open(reply)
+        await client.execute_command("CLIENT", "PAUSE", 300, "WRITE")  # the batch hangs
+        await writer.append("first ")
+        for _ in range(500):
+            if writer.inflight is not None:
+                break
+            await asyncio.sleep(0.005)
+        assert writer.inflight is not None
+        await writer.append("second")
+        closing = asyncio.ensure_future(writer.close({"status": "complete"}))
+        await asyncio.sleep(0.05)
+        # The batch's connection drops mid-call: its text goes before the close's, still.
+        held = [c["id"] for c in await client.client_list() if c["cmd"] == "evalsha"]
+        assert held
+        for client_id in held:
+            await client.client_kill_filter(_id=client_id)
+        assert await asyncio.wait_for(closing, 10)
+        read = await other.read(reply, 0, 0)
+        assert (read.text, read.end, read.final) == ("first second", 12, {"status": "complete"})
+        # The marker, then the failed batch's text and the close's in one entry, then the end.
+        entries = await client.xrange(owner.key("reply", reply))
+        assert [int(fields[b"e"]) for _, fields in entries] == [0, 12, 12]
+    finally:
+        await client.execute_command("CLIENT", "UNPAUSE")
+        await client.aclose()
+        await owner.aclose()
+        await other.aclose()
+
+
 async def test_reader_on_another_worker_follows_and_resumes(
     two_workers: tuple[RedisReplyLog, RedisReplyLog],
 ) -> None:
@@ -201,6 +275,28 @@ async def test_log_that_vanished_is_rewritten_whole(redis_url: str, prefix: str)
     assert owner == "a:visitor"
 
 
+async def test_a_batch_that_finds_its_log_vanished_has_it_rewritten_whole(
+    redis_url: str, prefix: str
+) -> None:
+    owner, other = make_log(redis_url, prefix, batch_interval=0.01), make_log(redis_url, prefix)
+    reply = new_id()
+    try:
+        writer = await owner.open(reply, "a:visitor")
+        await writer.append("before ")
+        await settled(other, reply, 7)
+        client = aredis.Redis.from_url(redis_url)
+        await client.delete(owner.key("reply", reply))  # as after a Redis restart
+        await client.aclose()
+        await writer.append("after")
+        await settled(other, reply, 12)  # no close: the batch itself rewrote the log
+        read = await other.read(reply, 0, 0)
+        assert (read.text, read.final) == ("before after", None)
+        assert await other.owner(reply) == "a:visitor"
+    finally:
+        await owner.aclose()
+        await other.aclose()
+
+
 async def test_a_reply_taken_over_fences_out_its_stalled_owner(
     two_workers: tuple[RedisReplyLog, RedisReplyLog], redis_url: str
 ) -> None:
@@ -262,10 +358,7 @@ async def test_an_owner_asks_for_its_fence_only_when_redis_has_not_said_so_latel
         probe, fence = log.key("probe", reply), log.key("fence", reply)
         async with client.monitor() as monitor:
             assert await writer.holds_lease()
-            await client.set(probe, "1")  # marks the end of what was sent
-            seen = []
-            while probe not in (command := (await monitor.next_command())["command"]):
-                seen.append(command)
+            seen = await sent_before(probe, client, monitor)
         assert not [command for command in seen if fence in command]
     finally:
         await client.aclose()

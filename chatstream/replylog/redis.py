@@ -19,8 +19,9 @@ generation that owns the reply, ``t:<id>`` (sent with each flush) wakes the
 process's readers of it. Readers wait on that, not on a blocking ``XREAD`` each, so
 a thousand open streams cost one Redis connection while they wait, not a thousand.
 
-Appends are batched: text is buffered and written at most every
-``batch_interval`` seconds per reply, so Redis work does not grow per token.
+Appends are batched: text is buffered, and every ``batch_interval`` seconds one
+script call writes what all of the process's replies have pending, so Redis work
+grows with neither tokens nor replies.
 Readers on the worker that generates a reply read its copy in memory; only
 readers on other workers go through Redis.
 Readers resume from an offset; the stream id where a read ended is remembered,
@@ -95,6 +96,33 @@ if ARGV[6] ~= '0' then
 end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return result
+"""
+# Many replies' pending text, one script call a batch: -1 fenced out, 0 the log
+# vanished, 1 written (per reply, in order); one wake-up names all that were written.
+_APPEND_MANY = """
+local out, woken, a = {}, {}, 2
+for i = 1, #KEYS, 2 do
+  local reply, token, first = ARGV[a], ARGV[a + 1], a + 3
+  a = first + 3 * tonumber(ARGV[a + 2])
+  local fence = redis.call('GET', KEYS[i + 1])
+  if fence and fence ~= token then
+    out[#out + 1] = -1
+  elseif not fence or redis.call('EXISTS', KEYS[i]) == 0 then
+    out[#out + 1] = 0
+  else
+    for j = first, a - 1, 3 do
+      if ARGV[j] == 'r' then
+        redis.call('XADD', KEYS[i], '*', 't', ARGV[j + 1], 'e', ARGV[j + 2], 'k', 'r')
+      else
+        redis.call('XADD', KEYS[i], '*', 't', ARGV[j + 1], 'e', ARGV[j + 2])
+      end
+    end
+    out[#out + 1] = 1
+    woken[#woken + 1] = reply
+  end
+end
+if #woken > 0 then redis.call('PUBLISH', ARGV[1], 't:' .. table.concat(woken, ' ')) end
+return out
 """
 # A new reply: its log (the owner on entry one), its fence and its lease, in one call.
 _OPEN = """
@@ -173,7 +201,8 @@ class _Writer(ReplyWriter):
         self.log, self.state, self.owner, self.token = log, state, owner, token
         self.pending: list[Part] = []
         self.lock = asyncio.Lock()
-        self.timer: asyncio.Task[None] | None = None
+        # Set while the process's batch carries this reply's text: a flush waits for it.
+        self.inflight: asyncio.Future[None] | None = None
         self.stop = asyncio.Event()
         self.claimed = False  # a recovery's writer: appends nothing, rewrites nothing
         # When (this loop's clock, as the command was sent) Redis last said the fence is ours.
@@ -190,18 +219,7 @@ class _Writer(ReplyWriter):
         if text:
             self.pending.append(Part(kind, text))
             self.buffer.append(text, kind)
-            if self.timer is None:
-                self.timer = asyncio.ensure_future(self._flush_later(self.log.batch_interval))
-
-    async def _flush_later(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self.timer = None
-        try:
-            await self.flush()
-        except RedisError as exc:  # kept pending; retried, more slowly
-            logger.warning("Reply log flush failed for %s: %s", self.reply_id, exc)
-            if self.timer is None and not self.lost.is_set():
-                self.timer = asyncio.ensure_future(self._flush_later(_RETRY_DELAY))
+            self.state.batch(self)
 
     async def flush(self, final: Mapping[str, Any] | None = None, close: bool = False) -> bool:
         """Write what is pending (and the final record, unless the log has one).
@@ -209,6 +227,8 @@ class _Writer(ReplyWriter):
         False once fenced out, or when the log had its final record already.
         """
         async with self.lock:
+            if self.inflight is not None:  # its text goes first; back in pending if it failed
+                await asyncio.shield(self.inflight)
             if self.lost.is_set():
                 return False
             if not self.pending and final is None and not close:
@@ -292,7 +312,7 @@ class _Writer(ReplyWriter):
     async def close(self, final: Mapping[str, Any] | None) -> bool:
         if self.state.writers.get(self.reply_id) is self:
             del self.state.writers[self.reply_id]
-        self.cancel_timer()
+        self.state.batched.pop(self.reply_id, None)  # flushed here, with the final record
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + _CLOSE_RETRY, _RETRY_DELAY
         while True:
@@ -327,11 +347,6 @@ class _Writer(ReplyWriter):
             except RedisError:
                 pass  # the subscription still hears a stop once Redis is back
         await self.stop.wait()
-
-    def cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 def _cancelled() -> bool:
@@ -368,7 +383,8 @@ def _merged(parts: Any) -> list[Part]:
 
 
 class _LoopState:
-    """Per event loop: the client, owned replies, the stop subscription, the heartbeat."""
+    """Per event loop: the client, owned replies and their batch, the stop subscription,
+    the heartbeat."""
 
     def __init__(self, log: RedisReplyLog) -> None:
         # A blocking pool: under a burst, commands queue for a connection instead of
@@ -387,7 +403,12 @@ class _LoopState:
         self.heartbeat_script = self.client.register_script(_HEARTBEAT)
         self.stop_script = self.client.register_script(_STOP)
         self.count_reader = self.client.register_script(_COUNT_READER)
+        self.append_many = self.client.register_script(_APPEND_MANY)
         self.writers: dict[str, _Writer] = {}
+        # Writers with text to flush in the next batch, and the task that flushes them.
+        self.batched: dict[str, _Writer] = {}
+        self.flusher: asyncio.Task[None] | None = None
+        self.batch_interval, self.channel = log.batch_interval, log.channel
         # Readers' wake-ups by reply; a future lives while some reader waits on it.
         self.waiters: weakref.WeakValueDictionary[str, asyncio.Future[None]] = (
             weakref.WeakValueDictionary()
@@ -398,6 +419,86 @@ class _LoopState:
         # When Redis last started, as this loop's clock tells (asked at most every second).
         self.started_at: float | None = None
         self.asked_at = 0.0
+
+    def batch(self, writer: _Writer) -> None:
+        self.batched[writer.reply_id] = writer
+        if self.flusher is None:
+            self.flusher = asyncio.ensure_future(self._flush_batches())
+
+    async def _flush_batches(self) -> None:
+        delay = self.batch_interval
+        try:
+            while self.batched and not _cancelled():
+                await asyncio.sleep(delay)
+                delay = self.batch_interval if await self._flush_batch() else _RETRY_DELAY
+        finally:
+            self.flusher = None
+
+    async def _flush_batch(self) -> bool:
+        """Write every batched reply's pending text in one round trip; False if Redis failed.
+
+        A reply whose own flush runs (its close) waits for the next batch; one whose
+        log vanished is rewritten by its writer; one fenced out stops.
+        """
+        batch: list[tuple[_Writer, list[Part], int]] = []
+        for writer in list(self.batched.values()):
+            if writer.lock.locked():
+                continue
+            del self.batched[writer.reply_id]
+            if writer.pending and not writer.lost.is_set():
+                batch.append((writer, writer.pending, writer.buffer.length))
+                writer.pending = []
+        if not batch:
+            return True
+        keys: list[str] = []
+        args: list[str | int | float] = [self.channel]
+        for writer, parts, end in batch:
+            keys += writer.keys[:2]
+            merged = _merged(parts)
+            args += [writer.reply_id, writer.token, len(merged)]
+            ends = end - sum(len(part.text) for part in parts)
+            for part in merged:
+                ends += len(part.text)
+                args += ["r" if part.kind == REASONING else "a", part.text, ends]
+        loop = asyncio.get_running_loop()
+        done, sent = loop.create_future(), loop.time()
+        for writer, _, _ in batch:
+            writer.inflight = done
+        try:
+            with metrics.REPLY_LOG_FLUSH.time():
+                results = await self.append_many(keys=keys, args=args)
+        except BaseException as exc:
+            for writer, parts, _ in batch:
+                writer.pending[:0] = parts
+                self.batched.setdefault(writer.reply_id, writer)
+            if not isinstance(exc, RedisError):
+                raise
+            metrics.REPLY_LOG_FLUSH_FAILURES.inc()
+            logger.warning("Reply log flush failed for %d replies: %s", len(batch), exc)
+            return False
+        finally:
+            for writer, _, _ in batch:
+                writer.inflight = None
+            done.set_result(None)
+        vanished = []
+        for (writer, parts, _), result in zip(batch, results, strict=True):
+            if result == _WRITTEN:
+                writer.confirmed = sent
+            elif result == _LOST:
+                writer.fenced_out()
+            else:
+                writer.pending[:0] = parts
+                vanished.append(writer)
+        written = True
+        for writer in vanished:  # a Redis restart: each writes its log whole again
+            try:
+                await writer.flush()
+            except (RedisError, LeaseLost) as exc:
+                logger.warning("Reply log rewrite failed for %s: %s", writer.reply_id, exc)
+                if writer.pending and not writer.lost.is_set():
+                    self.batched.setdefault(writer.reply_id, writer)
+                written = False
+        return written
 
 
 class RedisReplyLog(ReplyLog):
@@ -645,7 +746,7 @@ class RedisReplyLog(ReplyLog):
         state = self._states.pop(asyncio.get_running_loop(), None)
         if state is None:
             return
-        tasks = [state.listener, state.heartbeat, *(w.timer for w in state.writers.values())]
+        tasks = [state.listener, state.heartbeat, state.flusher]
         for task in filter(None, tasks):
             task.cancel()
         await asyncio.gather(*filter(None, tasks), return_exceptions=True)
@@ -692,10 +793,11 @@ class RedisReplyLog(ReplyLog):
 
     def _dispatch(self, state: _LoopState, event: str) -> None:
         kind, _, reply_id = event.partition(":")
-        if kind == "t":
-            wake = state.waiters.pop(reply_id, None)
-            if wake is not None and not wake.done():
-                wake.set_result(None)
+        if kind == "t":  # a batch names all the replies it wrote
+            for written in reply_id.split(" "):
+                wake = state.waiters.pop(written, None)
+                if wake is not None and not wake.done():
+                    wake.set_result(None)
         elif kind == "s" and (writer := state.writers.get(reply_id)) is not None:
             writer.stop.set()
 
@@ -734,7 +836,5 @@ class RedisReplyLog(ReplyLog):
                         writer.fenced_out()
                         continue
                     writer.confirmed = sent
-                    if writer.pending and writer.timer is None:
-                        await writer.flush()
             except RedisError as exc:
                 logger.warning("Lease heartbeat failed: %s", exc)
