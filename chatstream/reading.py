@@ -25,7 +25,7 @@ from chatstream.ending import final_record, recover
 from chatstream.exceptions import ReplyLogUnavailable
 from chatstream.models import Message, Status
 from chatstream.replylog import get_reply_log
-from chatstream.replylog.base import ANSWER, LogRead, Part, PartKind
+from chatstream.replylog.base import ANSWER, LogRead, Part, PartKind, cancel_requested
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,8 @@ async def follow(reply_id: str, offset: int) -> AsyncGenerator[Item, None]:
                 joined = True
         with pacing.watched() as load:
             while True:
+                if cancel_requested():  # a read may have returned through the cancel
+                    raise asyncio.CancelledError()
                 read = await log.read(reply_id, offset, settings.keepalive_interval)
                 pause = sent_at + load.interval(least, most) - clock()
                 if read is not None and read.parts and read.final is None and pause > 0:

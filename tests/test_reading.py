@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 from django.test import override_settings
 
 from chatstream.reading import Delta, Ending, follow
 from chatstream.replylog import get_reply_log
-from chatstream.replylog.base import ReplyWriter
+from chatstream.replylog.base import ANSWER, LogRead, Part, ReplyWriter
+from chatstream.replylog.memory import MemoryReplyLog
 from tests.settings import CHATSTREAM as BASE
 
 FLUSH = 0.2
@@ -70,3 +72,36 @@ async def test_readers_are_counted_in_the_log_only_where_the_policy_reads_the_co
             await writer.close({"status": "complete"})
         assert left == 0
     assert counted == {"continue": 0, "cancel": 1}
+
+
+class _ReadThroughWaitFor(MemoryReplyLog):
+    """Reads as redis-py does, through ``asyncio.wait_for``: under Python 3.11 it returns
+    a result that arrived together with a cancel and drops the cancel. The test hands
+    out each read's result through ``gate``."""
+
+    gate: asyncio.Future[LogRead]
+
+    async def read(self, reply_id: str, offset: int, timeout: float) -> LogRead | None:
+        self.gate = asyncio.get_running_loop().create_future()
+        return await asyncio.wait_for(self.gate, timeout + 5)
+
+
+async def test_a_reader_cancelled_as_its_read_returns_still_ends() -> None:
+    backend = f"{__name__}._ReadThroughWaitFor"
+    with override_settings(CHATSTREAM={**BASE, "REPLY_LOG": {"BACKEND": backend}}):
+        log = get_reply_log()
+        assert isinstance(log, _ReadThroughWaitFor)
+        got: list[Delta | Ending | None] = []
+
+        async def consume() -> None:
+            async for item in follow(str(uuid.uuid4()), 0):
+                got.append(item)
+
+        reader = asyncio.create_task(consume())
+        while not hasattr(log, "gate"):
+            await asyncio.sleep(0.01)
+        log.gate.set_result(LogRead((Part(ANSWER, "first"),), 5))  # the read returns ...
+        reader.cancel()  # ... in the same turn as the cancel
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(reader, 5)
+        assert [item.text for item in got if isinstance(item, Delta)] == ["first"]

@@ -57,6 +57,17 @@ class LogRead:
         return "".join(part.text for part in self.parts)
 
 
+def cancel_requested() -> bool:
+    """Whether this task was asked to stop, though nothing raised it.
+
+    Under Python 3.11, ``asyncio.wait_for`` (which redis-py uses inside a command)
+    returns a result that arrived together with a cancel and drops the cancel: a
+    loop that awaits the log checks this as well, or once cancelled it runs on.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def wait_done(future: asyncio.Future[Any], timeout: float) -> bool:
     """Whether ``future`` completed within ``timeout``; without ``wait_for``'s task per call."""
     if future.done() or timeout <= 0:

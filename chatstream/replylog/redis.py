@@ -57,6 +57,7 @@ from chatstream.replylog.base import (
     PartKind,
     ReplyLog,
     ReplyWriter,
+    cancel_requested,
     wait_done,
 )
 from chatstream.replylog.buffer import ReplyBuffer
@@ -349,18 +350,6 @@ class _Writer(ReplyWriter):
         await self.stop.wait()
 
 
-def _cancelled() -> bool:
-    """Whether this task was asked to stop, though nothing raised it.
-
-    Under Python 3.11, ``asyncio.wait_for`` (which redis-py uses inside a command)
-    returns a result that arrived with a cancel and drops the cancel, so a loop
-    that was cancelled mid-command would otherwise run on and never let its
-    ``aclose()`` finish.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 def _upto(parts: tuple[Part, ...], excess: int) -> list[Part]:
     """``parts`` less their last ``excess`` code points."""
     kept = list(parts)
@@ -428,7 +417,7 @@ class _LoopState:
     async def _flush_batches(self) -> None:
         delay = self.batch_interval
         try:
-            while self.batched and not _cancelled():
+            while self.batched and not cancel_requested():
                 await asyncio.sleep(delay)
                 delay = self.batch_interval if await self._flush_batch() else _RETRY_DELAY
         finally:
@@ -774,14 +763,14 @@ class RedisReplyLog(ReplyLog):
 
     async def _listen(self, state: _LoopState) -> None:
         """Hear stop requests for every reply this process owns, reconnecting as needed."""
-        while not _cancelled():
+        while not cancel_requested():
             pubsub = state.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 state.subscribed.set()
                 await self._check_missed_stops(state)
                 self._wake_all(state)  # anything may have been flushed while we were away
-                while not _cancelled():
+                while not cancel_requested():
                     message = await pubsub.get_message(timeout=None)
                     if message is not None and message["type"] == "message":
                         self._dispatch(state, message["data"])
@@ -820,7 +809,7 @@ class RedisReplyLog(ReplyLog):
         A fence taken by someone else (this process stalled past the lease, and the
         reply was recovered) stops its generation: it learns here, at the latest.
         """
-        while not _cancelled():
+        while not cancel_requested():
             await asyncio.sleep(self._heartbeat_interval)
             writers = [w for w in state.writers.values() if not w.claimed]
             if not writers:
