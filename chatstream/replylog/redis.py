@@ -269,11 +269,8 @@ class _Writer(ReplyWriter):
             json.dumps(final) if final is not None else "",
             end,
             max(1, int(self.log.ttl)) if close else 0,
+            *_entries(parts, end),
         ]
-        ends = end - sum(len(part.text) for part in parts)
-        for part in _merged(parts):
-            ends += len(part.text)
-            args += ["r" if part.kind == REASONING else "a", part.text, ends]
         return int(await self.state.append(keys=self.keys, args=args))
 
     async def _rewrite(self) -> None:
@@ -361,6 +358,16 @@ def _upto(parts: tuple[Part, ...], excess: int) -> list[Part]:
     return kept
 
 
+def _entries(parts: Any, end: int) -> list[str | int | float]:
+    """The scripts' arguments for ``parts`` ending at ``end``: kind, text, end, per entry."""
+    args: list[str | int | float] = []
+    ends = end - sum(len(part.text) for part in parts)
+    for part in _merged(parts):
+        ends += len(part.text)
+        args += ["r" if part.kind == REASONING else "a", part.text, ends]
+    return args
+
+
 def _merged(parts: Any) -> list[Part]:
     merged: list[Part] = []
     for part in parts:
@@ -443,12 +450,8 @@ class _LoopState:
         args: list[str | int | float] = [self.channel]
         for writer, parts, end in batch:
             keys += writer.keys[:2]
-            merged = _merged(parts)
-            args += [writer.reply_id, writer.token, len(merged)]
-            ends = end - sum(len(part.text) for part in parts)
-            for part in merged:
-                ends += len(part.text)
-                args += ["r" if part.kind == REASONING else "a", part.text, ends]
+            entries = _entries(parts, end)
+            args += [writer.reply_id, writer.token, len(entries) // 3, *entries]
         loop = asyncio.get_running_loop()
         done, sent = loop.create_future(), loop.time()
         for writer, _, _ in batch:
