@@ -36,6 +36,8 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if 
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 # HTTP requests in Django's hands at once per process (project/admission.py); 0: no limit.
 MAX_ACTIVE_REQUESTS = int(os.environ.get("DJANGO_MAX_ACTIVE_REQUESTS", "64"))
+# New objects between two runs of the cyclic garbage collector (project/asgi.py); 0: Python's.
+GC_THRESHOLD = int(os.environ.get("DJANGO_GC_THRESHOLD", "10000"))
 # The bearer token Prometheus sends to /metrics; unset: only staff sessions may see them.
 METRICS_TOKEN = os.environ.get("CHATSTREAM_METRICS_TOKEN", "")
 

@@ -91,6 +91,32 @@ def test_production_settings_refuse_to_start_without_a_secret_key() -> None:
     assert "Set DJANGO_SECRET_KEY" in result.stderr
 
 
+def _python(code: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "project.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("setting", ["12345", "0"])
+def test_the_asgi_entry_point_freezes_what_it_loaded_and_sets_the_collectors_threshold(
+    setting: str,
+) -> None:
+    pythons = int(_python("import gc; print(gc.get_threshold()[0])"))
+    code = "import gc, project.asgi; print(gc.get_threshold()[0], gc.get_freeze_count())"
+    threshold, frozen = map(
+        int, _python(code, DJANGO_DEBUG="1", DJANGO_GC_THRESHOLD=setting).split()
+    )
+    assert threshold == (int(setting) or pythons)
+    assert frozen > 50_000  # Django, the SDK and the app: left out of every collection
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_health_reports_database_and_reply_log() -> None:
     response = await AsyncClient().get("/api/health/")
