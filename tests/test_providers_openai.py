@@ -12,7 +12,12 @@ from django.core.exceptions import ImproperlyConfigured
 
 from chatstream.exceptions import UpstreamError
 from chatstream.providers.base import ChatRequest, Chunk, Usage
-from chatstream.providers.openai import AzureOpenAIProvider, OpenAIProvider, is_reasoning_model
+from chatstream.providers.openai import (
+    READ_BUFFER,
+    AzureOpenAIProvider,
+    OpenAIProvider,
+    is_reasoning_model,
+)
 from tests.fake_openai import FakeOpenAI, Script
 
 
@@ -202,6 +207,29 @@ def test_transport_is_aiohttp_unless_asked_otherwise(fake_openai: FakeOpenAI) ->
     assert not isinstance(httpx_only.client._client, openai.DefaultAioHttpClient)
     with pytest.raises(ImproperlyConfigured, match="transport"):
         OpenAIProvider(options={**options, "transport": "curl"}).client  # noqa: B018
+
+
+async def test_a_reply_read_slower_than_it_comes_waits_in_the_socket_not_in_memory(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """At most twice the read buffer, plus one read of the event loop's (256 KiB), is held."""
+    provider = OpenAIProvider(options={"api_key": "k", "base_url": fake_openai.base_url})
+    session = provider.client._client._transport.get_client()
+    prompt = trigger(fake_openai, Script(tokens=["x" * 200] * 10_000))  # about 3 MB of events
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": prompt}]}
+    try:
+        async with session.post(f"{fake_openai.base_url}/chat/completions", json=body) as response:
+            first = await response.content.read(READ_BUFFER)
+            held = -1
+            for _ in range(100):  # until the buffer stops growing: reading has paused
+                await asyncio.sleep(0.05)
+                if response.content.total_bytes - len(first) == held:
+                    break
+                held = response.content.total_bytes - len(first)
+    finally:
+        await session.close()
+        await provider.aclose()
+    assert 0 < held <= 2 * READ_BUFFER + 256 * 1024
 
 
 async def test_server_that_refuses_stream_options_is_asked_again_without(

@@ -35,9 +35,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import aiohttp
 import httpx2
 import openai
 from django.core.exceptions import ImproperlyConfigured
+from openai._vendor.httpx_aiohttp import AiohttpTransport
 
 from chatstream.exceptions import UpstreamError
 from chatstream.providers.base import ChatRequest, Chunk, Provider, Usage
@@ -47,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_TIMEOUT = httpx2.Timeout(120.0, connect=10.0)
 _DRAIN_TIMEOUT = 2.0  # seconds to wait for a body's end after [DONE]
+#: aiohttp's read buffer per upstream response; it stops reading past twice this.
+#: The SDK's transport reads 16 KiB at a time, which raises any smaller value to it.
+READ_BUFFER = 16 * 1024
 #: Requests per reply at most: the first, and one more for each parameter refused.
 _ATTEMPTS = 4
 
@@ -418,9 +423,29 @@ async def _events(body: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any], 
         ) from None
 
 
+class _BoundedAiohttpTransport(AiohttpTransport):
+    """The SDK's aiohttp transport, holding at most 32 KiB of a reply not yet parsed.
+
+    aiohttp's default read buffer is 256 KiB, and a response stops reading only
+    past twice that: a model that writes faster than the process parses left up
+    to 512 KiB per reply in memory, and that peak stayed in the allocators (most
+    of a stalled reader's RSS in ``bench/stalled_memory.py``). With a small
+    buffer the socket holds the rest, and the model's server waits.
+    """
+
+    def get_client(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+            limit=self.limits.max_connections or 0,
+        )
+        return aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFFER)
+
+
 def _http_client(transport: str, timeout: Any) -> httpx2.AsyncClient:
     if transport == "aiohttp":
-        return openai.DefaultAioHttpClient(timeout=timeout)
+        bounded = _BoundedAiohttpTransport(limits=openai.DEFAULT_CONNECTION_LIMITS)
+        return openai.DefaultAioHttpClient(timeout=timeout, transport=bounded)
     if transport == "httpx2":
         return openai.DefaultAsyncHttpxClient(timeout=timeout)
     raise ImproperlyConfigured(
