@@ -260,7 +260,7 @@ async def one_run(
 def figures(record: dict[str, Any], n: int) -> dict[str, Any]:
     """Per client, in KB: each round's RSS growth, and with dumps, live and unsent bytes."""
     out: dict[str, Any] = {}
-    previous = record["rss"]
+    previous, previous_dump = record["rss"], record.get("dump", {})
     for i, row in enumerate(record["rounds"], 1):
         out[f"rss round {i}"] = (row["rss"] - previous) / n
         previous = row["rss"]
@@ -272,6 +272,9 @@ def figures(record: dict[str, Any], n: int) -> dict[str, Any]:
             if "traced" in row["dump"]:
                 traced = row["dump"]["traced"] - record["dump"]["traced"]
                 out[f"traced round {i}"] = traced / (i * n) / 1024
+                peak = row["dump"]["traced_peak"] - previous_dump["traced_after"]
+                out[f"traced peak round {i}"] = peak / n / 1024
+            previous_dump = row["dump"]
             buffered = row["dump"]["write_buffers"]
             out[f"unsent round {i}"] = sum(b for _, b in buffered.values()) / (i * n) / 1024
         out[f"server CPU s round {i}"] = row["cpu_s"]

@@ -119,10 +119,16 @@ def _dump(signum: int, frame: Any) -> None:
     folder = Path(os.environ["STALLED_DUMP_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
     number = len(list(folder.glob("*.json"))) + 1
+    # The most traced at once since the last dump ended, read before this one allocates:
+    # a burst's peak of Python objects, which the allocators then keep.
+    peak = tracemalloc.get_traced_memory()[1]
     gc.collect()
     out: dict[str, Any] = {"threads": threading.active_count(), "write_buffers": _write_buffers()}
     if tracemalloc.is_tracing():
+        out["traced_peak"] = peak
         _traced(out)
+        tracemalloc.reset_peak()
+        out["traced_after"] = tracemalloc.get_traced_memory()[0]
     out["glibc"] = _glibc(folder / f"{number}.malloc.xml")
     out["pymalloc"] = _pymalloc(folder / f"{number}.pymalloc.txt")
     (folder / f"{number}.part").write_text(json.dumps(out))
