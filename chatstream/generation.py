@@ -104,26 +104,42 @@ class Generation:
                     await sync_to_async(connections.close_all)()
 
     async def _race(self, started: float) -> ending.Outcome:
-        """Read the model until it ends or the reply must stop; how it ended."""
-        consume = asyncio.ensure_future(self._consume(started))
+        """Read the model until it ends or the reply must stop; how it ended.
+
+        The model is read in this task, and a stop cancels it: one task and its frames
+        fewer per open reply than racing a reading task against the watcher.
+        """
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+        assert task is not None
         watch = asyncio.ensure_future(self._watch())
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait({consume, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # When the reply must stop, from now until its provider stream is closed.
-            stopping = loop.time() if watch.done() and not consume.done() else None
-            for task in (consume, watch):
+        stopping: list[float] = []  # when the reply had to stop, if it did
+        reading = True
+
+        def stop(_: asyncio.Future[None]) -> None:
+            # Not once reading is over: the watcher may end just after, its callback queued.
+            if reading and not watch.cancelled():
+                stopping.append(loop.time())
                 task.cancel()
-            # Awaiting the cancelled consumer closes the provider stream, and so the upstream.
-            # The watcher gets a moment to go, never the power to hold up the ending.
-            await asyncio.gather(consume, return_exceptions=True)
-            if stopping is not None:
-                metrics.STOP_TO_UPSTREAM_CLOSED.observe(loop.time() - stopping)
-            await asyncio.wait({watch}, timeout=_WATCH_GRACE)
-        if consume.cancelled():
+
+        watch.add_done_callback(stop)
+        failure: BaseException | None = None
+        try:
+            # Leaving this (cancelled or not) closes the provider stream, and so the upstream.
+            await self._consume(started)
+        except asyncio.CancelledError:
+            reading = False
+            if not stopping or task.uncancel() > 0:
+                raise  # cancelled from outside too: shutdown's business, not a stop
+            metrics.STOP_TO_UPSTREAM_CLOSED.observe(loop.time() - stopping[0])
             return ending.Outcome(Status.STOPPED)
-        return self._outcome(consume)
+        except Exception as exc:
+            failure = exc
+        finally:
+            reading = False
+            watch.cancel()
+            # The watcher gets a moment to go, never the power to hold up the ending.
+            await asyncio.wait({watch}, timeout=_WATCH_GRACE)
+        return self._outcome(failure)
 
     async def _watch(self) -> None:
         """Return when the reply must stop: asked to, fenced out, or abandoned (``cancel``)."""
@@ -149,8 +165,7 @@ class Generation:
             stop.cancel()
             await asyncio.gather(stop, return_exceptions=True)
 
-    def _outcome(self, consume: asyncio.Future[None]) -> ending.Outcome:
-        exc = consume.exception()
+    def _outcome(self, exc: BaseException | None) -> ending.Outcome:
         if isinstance(exc, UpstreamError):
             metrics.UPSTREAM_ERRORS.labels(code=exc.code).inc()
             return ending.Outcome(Status.ERROR, exc.code, exc.message)
