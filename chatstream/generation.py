@@ -127,7 +127,6 @@ class Generation:
             # Leaving this (cancelled or not) closes the provider stream, and so the upstream.
             await self._consume(started)
         except asyncio.CancelledError:
-            reading = False
             if not stopping or task.uncancel() > 0:
                 raise  # cancelled from outside too: shutdown's business, not a stop
             metrics.STOP_TO_UPSTREAM_CLOSED.observe(loop.time() - stopping[0])
