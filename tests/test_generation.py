@@ -18,6 +18,7 @@ from django.test import AsyncClient, override_settings
 from chatstream import dbpool, generation
 from chatstream.generation import registry
 from chatstream.models import Message
+from chatstream.replylog import get_reply_log
 from tests.fake_openai import FakeOpenAI, Script
 from tests.settings import CHATSTREAM as TEST_CHATSTREAM
 from tests.test_views import finish, new_conversation, send
@@ -160,3 +161,47 @@ async def test_a_failed_checkpoint_does_not_end_the_reply(
     with override_settings(CHATSTREAM=upstream(fake_openai, CHECKPOINT_INTERVAL=0.05)):
         writes, reply = await run_reply(fake_openai, 30, count_writes, interval=0.01)
     assert writes == 3  # no checkpoint got through; the finalising UPDATE has it all
+
+
+async def _slow_reply(fake: FakeOpenAI) -> tuple[str, str]:
+    """A reply that streams for a while: its id and the upstream request's prompt."""
+    prompt = fake.script(f"g-{uuid.uuid4().hex}", Script(tokens=["tok "] * 400, interval=0.02))
+    client = AsyncClient()
+    started = await send(client, await new_conversation(client), prompt)
+    reply_id = started["assistant_message"]["id"]
+    await asyncio.to_thread(fake.wait_request, prompt)
+    await asyncio.sleep(0.2)  # some text streamed
+    return reply_id, prompt
+
+
+async def test_a_stop_ends_the_reply_stopped_and_closes_the_upstream(
+    fake_openai: FakeOpenAI,
+) -> None:
+    with override_settings(CHATSTREAM=upstream(fake_openai)):
+        reply_id, prompt = await _slow_reply(fake_openai)
+        await get_reply_log().request_stop(reply_id)
+        await registry.wait(reply_id, timeout=30)
+    reply = await Message.objects.aget(pk=reply_id)
+    assert reply.status == "stopped" and reply.content.startswith("tok ")
+    request = fake_openai.wait_request(prompt)
+    assert await asyncio.to_thread(request.ended_event.wait, 10)
+    assert request.closed_early and not request.completed
+
+
+async def test_a_stop_that_comes_with_a_shutdown_does_not_hide_it(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """The reply's task is cancelled both ways at once: the shutdown's cancellation wins."""
+    with override_settings(CHATSTREAM=upstream(fake_openai)):
+        reply_id, _ = await _slow_reply(fake_openai)
+        task = registry._tasks[reply_id]
+        await get_reply_log().request_stop(reply_id)
+        for _ in range(1000):  # until the stop has asked to cancel the reply's task
+            if task.cancelling():
+                break
+            await asyncio.sleep(0)
+        assert task.cancelling() == 1
+        task.cancel()  # what a shutdown does once its grace is over, before the task runs
+        await registry.wait(reply_id, timeout=30)
+    reply = await Message.objects.aget(pk=reply_id)
+    assert reply.status == "interrupted"
