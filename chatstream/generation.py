@@ -112,13 +112,14 @@ class Generation:
         task, loop = asyncio.current_task(), asyncio.get_running_loop()
         assert task is not None
         watch = asyncio.ensure_future(self._watch())
-        stopping: list[float] = []  # when the reply had to stop, if it did
+        stopped_at: float | None = None  # when the reply had to stop, if it did
         reading = True
 
         def stop(_: asyncio.Future[None]) -> None:
+            nonlocal stopped_at
             # Not once reading is over: the watcher may end just after, its callback queued.
             if reading and not watch.cancelled():
-                stopping.append(loop.time())
+                stopped_at = loop.time()
                 task.cancel()
 
         watch.add_done_callback(stop)
@@ -127,9 +128,9 @@ class Generation:
             # Leaving this (cancelled or not) closes the provider stream, and so the upstream.
             await self._consume(started)
         except asyncio.CancelledError:
-            if not stopping or task.uncancel() > 0:
+            if stopped_at is None or task.uncancel() > 0:
                 raise  # cancelled from outside too: shutdown's business, not a stop
-            metrics.STOP_TO_UPSTREAM_CLOSED.observe(loop.time() - stopping[0])
+            metrics.STOP_TO_UPSTREAM_CLOSED.observe(loop.time() - stopped_at)
             return ending.Outcome(Status.STOPPED)
         except Exception as exc:
             failure = exc
