@@ -31,9 +31,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 import httpx2
@@ -48,6 +48,7 @@ from chatstream.providers.responses import StreamFailure, input_items, parse_eve
 logger = logging.getLogger(__name__)
 
 _DEFAULT_TIMEOUT = httpx2.Timeout(120.0, connect=10.0)
+_T = TypeVar("_T")
 _DRAIN_TIMEOUT = 2.0  # seconds to wait for a body's end after [DONE]
 #: aiohttp's read buffer per upstream response; it stops reading past twice this.
 #: The SDK's transport reads 16 KiB at a time, which raises any smaller value to it.
@@ -385,14 +386,20 @@ class OpenAIProvider(Provider):
         raise UpstreamError("The model's server rejected the request.", code="upstream_bad_request")
 
     async def _read(self, response: Any) -> AsyncGenerator[Chunk, None]:
-        async with contextlib.aclosing(_events(response.http_response.aiter_bytes())) as events:
-            async for payload in events:
-                if chunk := parse_chunk(payload):
-                    yield chunk
+        body = response.http_response.aiter_bytes()
+        async with contextlib.aclosing(_events(body, parse_chunk)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
 
-async def _events(body: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any], None]:
-    """The JSON objects of an event stream's ``data:`` lines, until ``[DONE]`` or its end."""
+async def _events(
+    body: AsyncIterator[bytes], parse: Callable[[dict[str, Any]], _T | None]
+) -> AsyncGenerator[_T, None]:
+    """``parse`` of the JSON objects of an event stream's ``data:`` lines, until ``[DONE]``.
+
+    Parsed here, so that no frame keeps a decoded object (about 2 KB) for as long
+    as the model is silent: only what ``parse`` made of it.
+    """
     # Lines are split as bytes: "\n" never occurs inside a UTF-8 sequence, and
     # json.loads decodes UTF-8 itself, so the text and line decoders are skipped.
     pending = b""
@@ -407,13 +414,8 @@ async def _events(body: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any], 
                 if data == b"[DONE]":
                     await _drain(body)
                     return
-                try:
-                    payload = json.loads(data)
-                except ValueError:
-                    logger.warning("Ignoring a malformed line from the model's server.")
-                    continue
-                if isinstance(payload, dict):
-                    yield payload
+                if (item := _parsed(data, parse)) is not None:
+                    yield item
     except httpx2.TransportError as exc:
         if _timed_out(exc):
             raise _timeout() from None
@@ -421,6 +423,15 @@ async def _events(body: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any], 
             "The connection to the model's server broke mid-reply.",
             code="upstream_incomplete",
         ) from None
+
+
+def _parsed(data: bytes, parse: Callable[[dict[str, Any]], _T | None]) -> _T | None:
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        logger.warning("Ignoring a malformed line from the model's server.")
+        return None
+    return parse(payload) if isinstance(payload, dict) else None
 
 
 class _BoundedAiohttpTransport(AiohttpTransport):
@@ -566,11 +577,9 @@ class OpenAIResponsesProvider(OpenAIProvider):
 
     async def _read(self, response: Any) -> AsyncGenerator[Chunk, None]:
         body = response.http_response.aiter_bytes()
-        async with contextlib.aclosing(_events(body)) as events:
-            async for payload in events:
-                event = parse_event(payload)
-                if event is None:
-                    continue
+        parsed: AsyncGenerator[Chunk | StreamFailure, None] = _events(body, parse_event)
+        async with contextlib.aclosing(parsed) as events:
+            async for event in events:
                 if isinstance(event, StreamFailure):
                     raise _stream_error(event.code, event.message)
                 yield event
