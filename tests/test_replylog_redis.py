@@ -313,7 +313,7 @@ async def test_a_reply_taken_over_fences_out_its_stalled_owner(
     assert await other.claim(reply) is None  # one recovery at a time
     # The owner learns at its next heartbeat: its stop watcher wakes, and it writes nothing.
     await asyncio.wait_for(writer.wait_stop(), 5)
-    assert writer.lost.is_set()
+    assert writer.lost
     with pytest.raises(LeaseLost):
         await writer.append(" more")
     assert not await writer.close({"status": "complete"})
@@ -337,10 +337,10 @@ async def test_a_fenced_out_flush_writes_nothing(redis_url: str, prefix: str) ->
         assert await other.claim(reply) is not None
         await writer.append("late text")  # batched; its flush finds the fence taken
         for _ in range(200):
-            if writer.lost.is_set():
+            if writer.lost:
                 break
             await asyncio.sleep(0.01)
-        assert writer.lost.is_set()
+        assert writer.lost
         assert await other.length(reply) == 0
     finally:
         await owner.aclose()
@@ -378,7 +378,7 @@ async def test_an_owner_that_stalled_past_its_lease_learns_it_was_taken_over(
         assert await other.claim(reply) is not None
         time.sleep(0.3)  # the stall: this loop (the owner's heartbeat too) runs nothing
         assert not await writer.holds_lease()
-        assert writer.lost.is_set()
+        assert writer.lost
     finally:
         await owner.aclose()
         await other.aclose()

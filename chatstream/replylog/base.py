@@ -57,6 +57,16 @@ class LogRead:
         return "".join(part.text for part in self.parts)
 
 
+def settle(future: asyncio.Future[None]) -> None:
+    """Complete ``future`` once: a one-way ``asyncio.Event`` without the Event's deque.
+
+    A reply keeps its stop signal for as long as it streams, and an Event's
+    waiter deque is 600 bytes of that.
+    """
+    if not future.done():
+        future.set_result(None)
+
+
 def cancel_requested() -> bool:
     """Whether this task was asked to stop, though nothing raised it.
 
@@ -178,8 +188,8 @@ class ReplyWriter(abc.ABC):
     def __init__(self, reply_id: str, buffer: ReplyBuffer) -> None:
         self.reply_id = reply_id
         self.buffer = buffer
-        #: Set once the lease was lost to someone else: stop, and write nothing more.
-        self.lost = asyncio.Event()
+        #: True once the lease was lost to someone else: stop, and write nothing more.
+        self.lost = False
 
     @abc.abstractmethod
     async def append(self, text: str, kind: PartKind = ANSWER) -> None:
@@ -200,4 +210,4 @@ class ReplyWriter(abc.ABC):
 
     async def holds_lease(self) -> bool:
         """Whether no one has taken the reply over; asked right before the row's final write."""
-        return not self.lost.is_set()
+        return not self.lost

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from chatstream.exceptions import LeaseLost
-from chatstream.replylog.base import ANSWER, LogRead, PartKind, ReplyLog, ReplyWriter
+from chatstream.replylog.base import ANSWER, LogRead, PartKind, ReplyLog, ReplyWriter, settle
 from chatstream.replylog.buffer import ReplyBuffer
 
 
@@ -21,7 +21,7 @@ class _Entry(ReplyBuffer):
 
     def __init__(self, owner: str) -> None:
         super().__init__()
-        self.stop = asyncio.Event()
+        self.stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.readers = 0
         self.owner = owner
 
@@ -47,7 +47,7 @@ class _Writer(ReplyWriter):
         return True
 
     async def wait_stop(self) -> None:
-        await self.entry.stop.wait()
+        await asyncio.shield(self.entry.stop)
 
 
 class MemoryReplyLog(ReplyLog):
@@ -86,7 +86,7 @@ class MemoryReplyLog(ReplyLog):
     async def request_stop(self, reply_id: str) -> None:
         entry = self._entries.get(reply_id)
         if entry is not None:
-            entry.stop.set()
+            settle(entry.stop)
 
     async def reader_joined(self, reply_id: str) -> None:
         if (entry := self._entries.get(reply_id)) is not None:

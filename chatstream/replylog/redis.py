@@ -58,6 +58,7 @@ from chatstream.replylog.base import (
     ReplyLog,
     ReplyWriter,
     cancel_requested,
+    settle,
     wait_done,
 )
 from chatstream.replylog.buffer import ReplyBuffer
@@ -204,7 +205,7 @@ class _Writer(ReplyWriter):
         self.lock = asyncio.Lock()
         # Set while the process's batch carries this reply's text: a flush waits for it.
         self.inflight: asyncio.Future[None] | None = None
-        self.stop = asyncio.Event()
+        self.stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.claimed = False  # a recovery's writer: appends nothing, rewrites nothing
         # When (this loop's clock, as the command was sent) Redis last said the fence is ours.
         self.confirmed = float("-inf")
@@ -215,7 +216,7 @@ class _Writer(ReplyWriter):
         return [log.key(kind, reply_id) for kind in ("reply", "fence", "lease", "stop")]
 
     async def append(self, text: str, kind: PartKind = ANSWER) -> None:
-        if self.lost.is_set() or self.claimed:
+        if self.lost or self.claimed:
             raise LeaseLost()
         if text:
             self.pending.append(Part(kind, text))
@@ -230,7 +231,7 @@ class _Writer(ReplyWriter):
         async with self.lock:
             if self.inflight is not None:  # its text goes first; back in pending if it failed
                 await asyncio.shield(self.inflight)
-            if self.lost.is_set():
+            if self.lost:
                 return False
             if not self.pending and final is None and not close:
                 return True
@@ -280,10 +281,10 @@ class _Writer(ReplyWriter):
             raise LeaseLost()
 
     def fenced_out(self) -> None:
-        if not self.lost.is_set():
+        if not self.lost:
             logger.warning("Reply %s was taken over by another worker; stopping.", self.reply_id)
-        self.lost.set()
-        self.stop.set()
+        self.lost = True
+        settle(self.stop)
         self.pending = []
 
     async def holds_lease(self) -> bool:
@@ -295,7 +296,7 @@ class _Writer(ReplyWriter):
         still ours. Either way, the row's conditional write decides once, and the
         final record follows the row.
         """
-        if self.lost.is_set():
+        if self.lost:
             return False
         if asyncio.get_running_loop().time() - self.confirmed < self.log._heartbeat_interval:
             return True
@@ -305,7 +306,7 @@ class _Writer(ReplyWriter):
             return True  # unknown: the row's conditional write still decides once
         if fence is not None and fence != self.token:
             self.fenced_out()
-        return not self.lost.is_set()
+        return not self.lost
 
     async def close(self, final: Mapping[str, Any] | None) -> bool:
         if self.state.writers.get(self.reply_id) is self:
@@ -321,7 +322,7 @@ class _Writer(ReplyWriter):
                 if isinstance(exc, LeaseLost) or loop.time() + delay > deadline:
                     # Readers elsewhere see the lease lapse and read the database.
                     logger.warning("Could not close the reply log of %s: %s", self.reply_id, exc)
-                    written = not self.lost.is_set()
+                    written = not self.lost
                     break
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 2.0)
@@ -344,7 +345,7 @@ class _Writer(ReplyWriter):
                     return
             except RedisError:
                 pass  # the subscription still hears a stop once Redis is back
-        await self.stop.wait()
+        await asyncio.shield(self.stop)
 
 
 def _upto(parts: tuple[Part, ...], excess: int) -> list[Part]:
@@ -441,7 +442,7 @@ class _LoopState:
             if writer.lock.locked():
                 continue
             del self.batched[writer.reply_id]
-            if writer.pending and not writer.lost.is_set():
+            if writer.pending and not writer.lost:
                 batch.append((writer, writer.pending, writer.buffer.length))
                 writer.pending = []
         if not batch:
@@ -487,7 +488,7 @@ class _LoopState:
                 await writer.flush()
             except (RedisError, LeaseLost) as exc:
                 logger.warning("Reply log rewrite failed for %s: %s", writer.reply_id, exc)
-                if writer.pending and not writer.lost.is_set():
+                if writer.pending and not writer.lost:
                     self.batched.setdefault(writer.reply_id, writer)
                 written = False
         return written
@@ -791,7 +792,7 @@ class RedisReplyLog(ReplyLog):
                 if wake is not None and not wake.done():
                     wake.set_result(None)
         elif kind == "s" and (writer := state.writers.get(reply_id)) is not None:
-            writer.stop.set()
+            settle(writer.stop)
 
     def _wake_all(self, state: _LoopState) -> None:
         for reply_id in list(state.waiters):
@@ -804,7 +805,7 @@ class RedisReplyLog(ReplyLog):
             stops = await state.client.mget([self.key("stop", w.reply_id) for w in writers])
             for writer, stop in zip(writers, stops, strict=True):
                 if stop:
-                    writer.stop.set()
+                    settle(writer.stop)
 
     async def _beat(self, state: _LoopState) -> None:
         """Keep this process's leases alive while their fences are ours.
