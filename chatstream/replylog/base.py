@@ -58,10 +58,10 @@ class LogRead:
 
 
 def settle(future: asyncio.Future[None]) -> None:
-    """Complete ``future`` once: a one-way ``asyncio.Event`` without the Event's deque.
+    """Complete ``future`` unless something did already.
 
-    A reply keeps its stop signal for as long as it streams, and an Event's
-    waiter deque is 600 bytes of that.
+    A reply's stop is such a future rather than an ``asyncio.Event``: it is kept
+    for as long as the reply streams, and an Event's waiter deque is 600 bytes.
     """
     if not future.done():
         future.set_result(None)
@@ -86,8 +86,7 @@ async def wait_done(future: asyncio.Future[Any], timeout: float) -> bool:
     waiter = loop.create_future()
 
     def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
+        settle(waiter)
 
     future.add_done_callback(wake)
     timer = loop.call_later(timeout, wake)

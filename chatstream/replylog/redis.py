@@ -789,8 +789,8 @@ class RedisReplyLog(ReplyLog):
         if kind == "t":  # a batch names all the replies it wrote
             for written in reply_id.split(" "):
                 wake = state.waiters.pop(written, None)
-                if wake is not None and not wake.done():
-                    wake.set_result(None)
+                if wake is not None:
+                    settle(wake)
         elif kind == "s" and (writer := state.writers.get(reply_id)) is not None:
             settle(writer.stop)
 
