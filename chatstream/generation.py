@@ -111,7 +111,11 @@ class Generation:
         """
         task, loop = asyncio.current_task(), asyncio.get_running_loop()
         assert task is not None
-        watch = asyncio.ensure_future(self._watch())
+        watch: asyncio.Future[None]
+        if self.settings.disconnect_policy == "cancel":
+            watch = asyncio.ensure_future(self._watch())
+        else:  # the log's own future, most often: no task per reply
+            watch = self.writer.stop_signal()
         stopped_at: float | None = None  # when the reply had to stop, if it did
         reading = True
 
@@ -136,16 +140,15 @@ class Generation:
             failure = exc
         finally:
             reading = False
+            watch.remove_done_callback(stop)
             watch.cancel()
-            # The watcher gets a moment to go, never the power to hold up the ending.
+            # A watching task gets a moment to go, never the power to hold up the ending.
             await asyncio.wait({watch}, timeout=_WATCH_GRACE)
         return self._outcome(failure)
 
     async def _watch(self) -> None:
-        """Return when the reply must stop: asked to, fenced out, or abandoned (``cancel``)."""
-        if self.settings.disconnect_policy != "cancel":
-            return await self.writer.wait_stop()  # no second task per reply
-        stop = asyncio.ensure_future(self.writer.wait_stop())
+        """Return when the reply must stop: asked to, fenced out, or abandoned by its readers."""
+        stop = self.writer.stop_signal()
         loop, grace = asyncio.get_running_loop(), self.settings.disconnect_grace
         alone_since: float | None = None
         try:

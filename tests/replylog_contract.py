@@ -111,7 +111,7 @@ class ReplyLogContract:
     async def test_stop_request_wakes_the_owner(self, log: ReplyLog) -> None:
         reply = new_id()
         writer = await log.open(reply)
-        waiting = asyncio.ensure_future(writer.wait_stop())
+        waiting = asyncio.ensure_future(writer.stop_signal())
         await asyncio.sleep(0.05)
         assert not waiting.done()
         await log.request_stop(reply)
@@ -122,7 +122,7 @@ class ReplyLogContract:
         reply = new_id()
         writer = await log.open(reply)
         await log.request_stop(reply)
-        await asyncio.wait_for(writer.wait_stop(), 5)
+        await asyncio.wait_for(writer.stop_signal(), 5)
 
     async def test_finished_log_expires_after_ttl(self, short_ttl_log: ReplyLog) -> None:
         reply = new_id()

@@ -3,7 +3,6 @@ replies streaming now (with stop) and usage totals, as a staff user sees them.""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -513,7 +512,7 @@ def test_deleting_a_conversation_stops_its_streaming_reply(admin_client: Client)
     assert "Stop requested for 1 streaming reply." in shown(response)
     assert not Conversation.objects.exists()
     # The generation's stop signal is set; it would now close the upstream and end.
-    async_to_sync(asyncio.wait_for)(writer.wait_stop(), 1)
+    assert writer.stop_signal().done()
     async_to_sync(writer.close)({})
 
 

@@ -231,7 +231,7 @@ async def test_stop_from_another_worker_reaches_the_owner(
     owner, other = two_workers
     reply = new_id()
     writer = await owner.open(reply)
-    stopped = asyncio.ensure_future(writer.wait_stop())
+    stopped = asyncio.ensure_future(writer.stop_signal())
     await asyncio.sleep(0.05)
     assert not stopped.done()
     await other.request_stop(reply)
@@ -312,7 +312,7 @@ async def test_a_reply_taken_over_fences_out_its_stalled_owner(
     assert claim is not None
     assert await other.claim(reply) is None  # one recovery at a time
     # The owner learns at its next heartbeat: its stop watcher wakes, and it writes nothing.
-    await asyncio.wait_for(writer.wait_stop(), 5)
+    await asyncio.wait_for(writer.stop_signal(), 5)
     assert writer.lost
     with pytest.raises(LeaseLost):
         await writer.append(" more")

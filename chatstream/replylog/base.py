@@ -204,8 +204,12 @@ class ReplyWriter(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def wait_stop(self) -> None:
-        """Return once a stop was requested or the lease was lost; cancelled when it ends."""
+    def stop_signal(self) -> asyncio.Future[None]:
+        """A future done once a stop was requested or the lease was lost.
+
+        Its owner's alone, to cancel once the reply ends. Kept for as long as the reply
+        streams: a future, not a task, where the log can (no task and frames per reply).
+        """
 
     async def holds_lease(self) -> bool:
         """Whether no one has taken the reply over; asked right before the row's final write."""

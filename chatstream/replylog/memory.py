@@ -46,8 +46,8 @@ class _Writer(ReplyWriter):
         loop.call_later(self.log.ttl, self.log._expire, self.reply_id, entry)
         return True
 
-    async def wait_stop(self) -> None:
-        await asyncio.shield(self.entry.stop)
+    def stop_signal(self) -> asyncio.Future[None]:
+        return self.entry.stop
 
 
 class MemoryReplyLog(ReplyLog):

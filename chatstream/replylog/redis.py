@@ -332,21 +332,26 @@ class _Writer(ReplyWriter):
             self.buffer._wake()  # they read Redis, which has the word
         return written and final is not None
 
-    async def wait_stop(self) -> None:
+    def stop_signal(self) -> asyncio.Future[None]:
+        if self.claimed:
+            return asyncio.ensure_future(self._claimed_stop())
+        # Opened, it was registered before its log existed: a stop published since finds
+        # it, and one published while the subscription was down is found as it resubscribes.
+        return self.stop
+
+    async def _claimed_stop(self) -> None:
         state = self.state
         await state.subscribed.wait()
-        if self.claimed:  # a stop may have come before this process took the reply
-            try:
-                # Shielded: this watcher is cancelled as soon as a reply ends, often while
-                # this first command still runs, and redis-py cancelled mid-command (on a
-                # connection it is opening) can leave the cancelled task hanging.
-                stop_key = self.log.key("stop", self.reply_id)
-                if await asyncio.shield(state.client.exists(stop_key)):
-                    return
-            except RedisError:
-                pass  # the subscription still hears a stop once Redis is back
+        try:  # a stop may have come before this process took the reply
+            # Shielded: this watcher is cancelled as soon as a reply ends, often while
+            # this first command still runs, and redis-py cancelled mid-command (on a
+            # connection it is opening) can leave the cancelled task hanging.
+            stop_key = self.log.key("stop", self.reply_id)
+            if await asyncio.shield(state.client.exists(stop_key)):
+                return
+        except RedisError:
+            pass  # the subscription still hears a stop once Redis is back
         await asyncio.shield(self.stop)
-
 
 def _upto(parts: tuple[Part, ...], excess: int) -> list[Part]:
     """``parts`` less their last ``excess`` code points."""
@@ -531,7 +536,7 @@ class RedisReplyLog(ReplyLog):
         await self._ensure_background(state)
         writer = _Writer(self, state, reply_id, owner, uuid.uuid4().hex)
         # Registered first: a stop published once the log is open finds its writer,
-        # so the writer need not look for one in Redis (see ``wait_stop``).
+        # so the writer need not look for one in Redis (see ``stop_signal``).
         state.writers[reply_id] = writer
         args: list[str | int | float] = [owner, writer.token, self._lease_ms, _ORPHAN_TTL, WORKER]
         sent = asyncio.get_running_loop().time()
