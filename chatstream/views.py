@@ -463,7 +463,9 @@ async def _events(
     items: AsyncGenerator[reading.Item, None], first: bytes = b""
 ) -> AsyncGenerator[bytes, None]:
     yield sse.retry(get_settings().retry_ms) + first
-    del first  # sent: a stream open for minutes keeps none of its start
+    if first:
+        del first  # sent: a stream open for minutes keeps none of its start,
+        yield b""  # nor does Django's handler, which holds the last part it sent
     try:
         async with contextlib.aclosing(items):
             async for item in items:
