@@ -156,12 +156,13 @@ def _new_reply(
     conversation: Conversation, question: Message, assistant: Assistant | None, model: str
 ) -> Message:
     """An unsaved streaming reply to ``question``, holding its conversation (for
-    ``reply_finished`` receivers, which get the finalised reply without a query)."""
+    ``reply_finished`` receivers, which get the finalised reply without a query) but not
+    the question: kept for as long as the reply streams, it may be long."""
     return Message(
         conversation=conversation,
         role=Role.ASSISTANT,
         status=Status.STREAMING,
-        reply_to=question,
+        reply_to_id=question.pk,
         assistant=assistant,
         model=model,
         # After its question even where the clock's resolution is coarse.
