@@ -293,7 +293,7 @@ _FLOOR_BATCH = 50  # idle floor streams opened at once
 _FLOOR_OPEN_TIMEOUT = 60.0  # seconds for one batch to open
 
 
-async def _floor_open(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def floor_open(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A GET whose first event has arrived."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
@@ -306,7 +306,7 @@ async def _floor_stream(port: int, path: str, delay: float) -> int:
     """One floor stream to its ``done``: the deltas it got, or -1 if it failed."""
     await asyncio.sleep(delay)
     try:
-        reader, writer = await _floor_open(port, path)
+        reader, writer = await floor_open(port, path)
     except (OSError, asyncio.IncompleteReadError):
         return -1
     try:
@@ -334,7 +334,7 @@ def floor_idle_scenario(bench: Bench, path: str) -> Callable[..., Awaitable[dict
         async def open_some(number: int) -> None:
             for start in range(0, number, _FLOOR_BATCH):
                 size = min(_FLOOR_BATCH, number - start)
-                batch = asyncio.gather(*(_floor_open(server.port, path) for _ in range(size)))
+                batch = asyncio.gather(*(floor_open(server.port, path) for _ in range(size)))
                 writers.extend(w for _, w in await asyncio.wait_for(batch, _FLOOR_OPEN_TIMEOUT))
 
         try:

@@ -1,9 +1,10 @@
-"""Settings for ``bench/stalled_memory.py``'s server: the benchmark's, plus two signals.
+"""Settings for ``bench/stalled_memory.py``'s server: the benchmark's, plus three signals.
 
 ``SIGUSR1`` writes a dump to ``STALLED_DUMP_DIR``: what the allocators hold
 (``malloc_info`` totals, pymalloc's allocated blocks), the bytes waiting in the
 server's transports, the threads, and with ``PYTHONTRACEMALLOC`` set, the traced
-memory compared with the first dump, by traceback. ``SIGWINCH`` calls
+memory compared with the first dump, by traceback. ``SIGUSR2`` writes a whole
+tracemalloc snapshot there (``bench/idle_profile.py``). ``SIGWINCH`` calls
 ``malloc_trim(0)``: what glibc then gives back was free memory, not live objects.
 Nothing here lives in chatstream.
 """
@@ -135,5 +136,19 @@ def _dump(signum: int, frame: Any) -> None:
     (folder / f"{number}.part").rename(folder / f"{number}.json")
 
 
+def _snapshot(signum: int, frame: Any) -> None:
+    """The whole traced memory, for ``bench/idle_profile.py`` to compare."""
+    folder = Path(os.environ["STALLED_DUMP_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    number = len(list(folder.glob("*.snapshot"))) + 1
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__)]
+    )
+    snapshot.dump(str(folder / f"{number}.part"))
+    (folder / f"{number}.part").rename(folder / f"{number}.snapshot")
+
+
 signal.signal(signal.SIGUSR1, _dump)
+signal.signal(signal.SIGUSR2, _snapshot)
 signal.signal(signal.SIGWINCH, lambda signum, frame: _libc.malloc_trim(0))
