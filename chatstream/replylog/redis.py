@@ -353,6 +353,7 @@ class _Writer(ReplyWriter):
             pass  # the subscription still hears a stop once Redis is back
         await asyncio.shield(self.stop)
 
+
 def _upto(parts: tuple[Part, ...], excess: int) -> list[Part]:
     """``parts`` less their last ``excess`` code points."""
     kept = list(parts)
