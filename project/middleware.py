@@ -16,6 +16,10 @@ was 0.8 and 1.2 s in two runs, with the subclasses here 0.4 to 1.0 s in four
 (HSTS, SSL redirect, secure CSRF cookie, ...) look for them there and a subclass would
 turn them off without a word: ``ASGIHandler`` loads the subclasses in their place.
 
+The handler also makes a streaming response's request let go of what its middleware
+loaded (the session, the user, the parsed body): Django keeps the request for as long as
+the body streams.
+
 The same classes work unchanged under WSGI (and Django's test ``Client``): only
 their async path differs. The reusable app does not rely on them; a host keeps
 whatever middleware it has.
@@ -157,3 +161,25 @@ class ASGIHandler(asgi.ASGIHandler):
             super().load_middleware(is_async)
         finally:
             settings.MIDDLEWARE = listed
+
+    async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
+        """A streaming response's request lets go of what its middleware and view loaded.
+
+        Django holds the request until the body ends, minutes for a reply while the
+        middleware that needed the session, the user or the parsed body has finished
+        with them: about 5 KB an open stream (``bench/README.md``). Cached properties
+        come back if read again; nothing after this point reads the others.
+        """
+        response = await super().run_get_response(request)
+        if response.streaming:
+            for name in LOADED:
+                request.__dict__.pop(name, None)
+        return response
+
+
+#: What a request's middleware and view load onto it: the session, the user, the
+#: messages, the body as read and parsed, the cookies, the URL match, the Accept types.
+LOADED = (
+    "session", "user", "auser", "_cached_user", "_acached_user", "_messages",
+    "_body", "_post", "_files", "_stream", "COOKIES", "resolver_match", "accepted_types",
+)  # fmt: skip

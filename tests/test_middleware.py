@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import SyncToAsync
 from django.contrib import messages
 from django.core.handlers.asgi import ASGIHandler as DjangosHandler
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.middleware.csrf import get_token
 from django.test import AsyncClient, AsyncRequestFactory, override_settings
 from django.urls import path
@@ -57,6 +57,31 @@ async def guarded(request: HttpRequest) -> HttpResponse:
     return HttpResponse("accepted")
 
 
+handled: list[HttpRequest] = []
+
+
+@csrf_exempt
+async def trickle(request: HttpRequest) -> StreamingHttpResponse:
+    """Loads what a reply's send loads, then streams what its request still holds."""
+    await request.session.aset("seen", "streamed")
+    await request.auser()
+    assert request.POST is not None and request.COOKIES is not None
+    handled.append(request)
+
+    async def parts() -> Any:
+        yield b"held:"
+        yield ",".join(sorted(set(vars(request)) & set(middleware.LOADED))).encode()
+
+    return StreamingHttpResponse(parts())
+
+
+@csrf_exempt
+async def plain(request: HttpRequest) -> HttpResponse:
+    await request.session.aset("seen", "plain")
+    handled.append(request)
+    return HttpResponse("ok")
+
+
 urlpatterns = [
     path("remember/", remember),
     path("recall/", recall),
@@ -64,6 +89,8 @@ urlpatterns = [
     path("read/", read),
     path("token/", token),
     path("guarded/", guarded),
+    path("trickle/", trickle),
+    path("plain/", plain),
 ]
 
 
@@ -219,3 +246,24 @@ async def test_a_csrf_token_kept_in_the_session_is_read_on_a_thread_and_checked(
 
     assert "sessionid=" in issued[1]["Set-Cookie"]  # the token went to the session
     assert (refused[0], accepted[0]) == (403, 200)
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=STACK)
+async def test_a_streaming_responses_request_lets_go_of_what_its_middleware_loaded() -> None:
+    handler = middleware.ASGIHandler()
+
+    status, headers, body = await asgi(handler, "POST", "/trickle/")
+    recalled = await asgi(handler, "GET", "/recall/", with_cookies(headers))
+
+    assert (status, body) == (200, b"held:")  # nothing of LOADED while the body streamed
+    assert recalled[2] == b"streamed"  # the session was saved before it was let go
+    assert handled[-1].path == "/trickle/"  # what a server's logs read stays
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=STACK)
+async def test_any_other_responses_request_keeps_what_it_loaded() -> None:
+    await asgi(middleware.ASGIHandler(), "POST", "/plain/")
+
+    request = handled[-1]
+    assert (request.path, request.session["seen"]) == ("/plain/", "plain")
+    assert request.resolver_match is not None
