@@ -42,7 +42,7 @@ from bench.client import StreamResult, Target  # noqa: E402
 from bench.environment import django_environment  # noqa: E402
 from bench.run import prepare  # noqa: E402
 from bench.scenarios import FLOORS, floor_open  # noqa: E402
-from bench.stalled_memory import PYTHON, WARM_OWNERS, start, start_server, stop  # noqa: E402
+from bench.stalled_memory import WARM_OWNERS, start_server, start_upstream, stop  # noqa: E402
 
 _IDLE_MODEL = 600.0  # seconds before a chatstream stream's model answers
 _WARM_FLOORS = 10
@@ -99,19 +99,12 @@ def _charged(
 
 async def profile(args: argparse.Namespace, workdir: Path) -> None:
     template, owners = prepare(workdir, args.n + WARM_OWNERS)
-    upstream = start(
-        [PYTHON, str(ROOT / "bench" / "upstream.py"), "--port", "0"],
-        core="1", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    line = upstream.stdout.readline().split() if upstream.stdout else []
-    if not line or line[0] != "READY":
-        raise RuntimeError("the fake upstream did not start")
-    os.sched_setaffinity(0, {1})
+    upstream, upstream_port = start_upstream()
     db = workdir / "db.sqlite3"
     shutil.copyfile(template, db)
     skip = ("OPENAI", "AZURE", "REDIS", "DJANGO", "CHATSTREAM", "MALLOC_", "PYTHONTRACEMALLOC")
     env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
-    env.update(django_environment(db, int(line[1])), PYTHONUNBUFFERED="1")
+    env.update(django_environment(db, upstream_port), PYTHONUNBUFFERED="1")
     snapshots = workdir / "snapshots"
     env.update(
         DJANGO_SETTINGS_MODULE="bench.stalled_settings",

@@ -91,6 +91,20 @@ def stop(process: subprocess.Popen[Any]) -> None:
             process.wait()
 
 
+def start_upstream() -> tuple[subprocess.Popen[str], int]:
+    """The fake upstream and its port, on core 1, where this process then runs too."""
+    upstream = start(
+        [PYTHON, str(ROOT / "bench" / "upstream.py"), "--port", "0"],
+        core="1", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    line = upstream.stdout.readline().split() if upstream.stdout else []
+    if not line or line[0] != "READY":
+        stop(upstream)
+        raise RuntimeError("the fake upstream did not start")
+    os.sched_setaffinity(0, {1})
+    return upstream, int(line[1])
+
+
 def start_server(kind: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[Any], int]:
     """daphne or uvicorn as ``bench/processes.py`` starts them, on core 0."""
     port, app = free_port(), "project.asgi:application"
@@ -317,18 +331,11 @@ async def main_async(args: argparse.Namespace) -> None:
     upstream = None
     try:
         template, owners = prepare(workdir, args.n * args.rounds + WARM_OWNERS)
-        upstream = start(
-            [PYTHON, str(ROOT / "bench" / "upstream.py"), "--port", "0"],
-            core="1", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        line = upstream.stdout.readline().split() if upstream.stdout else []
-        if not line or line[0] != "READY":
-            raise RuntimeError("the fake upstream did not start")
-        os.sched_setaffinity(0, {1})
+        upstream, port = start_upstream()
         records = []
         for run in range(args.runs):
             for kind in args.servers.split(","):
-                record = await one_run(args, kind, template, owners, int(line[1]), workdir, run)
+                record = await one_run(args, kind, template, owners, port, workdir, run)
                 rounds = [(r["rss"], r["complete"], r["errors"]) for r in record["rounds"]]
                 print(
                     f"run {run + 1} {kind}: RSS {record['rss']} KB; (RSS, done, errors) {rounds}",
