@@ -23,12 +23,10 @@ import asyncio
 import collections
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -40,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 from bench.client import StreamResult, Target  # noqa: E402
 from bench.environment import django_environment  # noqa: E402
+from bench.processes import raise_open_files, work_directory  # noqa: E402
 from bench.run import prepare  # noqa: E402
 from bench.scenarios import FLOORS, floor_open  # noqa: E402
 from bench.stalled_memory import WARM_OWNERS, start_server, start_upstream, stop  # noqa: E402
@@ -188,16 +187,9 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4, help="frames shown with --detail")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-    workdir = Path(tempfile.mkdtemp(prefix="idle-profile-"))
-    try:
+    raise_open_files()
+    with work_directory("idle-profile-", args.keep) as workdir:
         asyncio.run(profile(args, workdir))
-    finally:
-        if args.keep:
-            print(f"Work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

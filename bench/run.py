@@ -27,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,14 @@ if str(ROOT) not in sys.path:
 
 from bench.client import Owner  # noqa: E402
 from bench.harness import FULL, QUICK, RESULTS, SCENARIOS, Bench  # noqa: E402
-from bench.processes import PYTHON, Redis, Upstream, cores, raise_open_files  # noqa: E402
+from bench.processes import (  # noqa: E402
+    PYTHON,
+    Redis,
+    Upstream,
+    cores,
+    raise_open_files,
+    work_directory,
+)
 from bench.report import report  # noqa: E402
 from bench.scenarios import run_matrix  # noqa: E402
 
@@ -141,34 +147,30 @@ def main() -> None:
     server_core, client_core = cores()
     if client_core is not None:
         os.sched_setaffinity(0, {client_core})
-    workdir = Path(tempfile.mkdtemp(prefix="chatstream-bench-"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     upstream = redis = None
-    try:
-        print(f"Preparing {sizes.owners} owners in {workdir} ...", flush=True)
-        template, owners = prepare(workdir, sizes.owners)
-        upstream = Upstream(client_core)
-        redis_url, redis = redis_setup(scenarios, client_core, workdir)
-        bench = Bench(
-            sizes, workdir, template, owners, upstream, server_core,
-            redis_url=redis_url, redis_pid=redis.process.pid if redis else None,
-            profile=args.profile, py_spy=args.py_spy, tracemalloc=args.tracemalloc,
-        )  # fmt: skip
-        for repeat in range(args.repeat):
-            if args.repeat > 1:
-                print(f"Repeat {repeat + 1} of {args.repeat}")
-            asyncio.run(run_matrix(bench, servers, scenarios))
-        report(bench, sizes, args, time.monotonic() - began)
-    finally:
-        if upstream is not None:
-            upstream.stop()
-        if redis is not None:
-            redis.stop()
-        if args.keep:
-            print(f"Work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with work_directory("chatstream-bench-", args.keep) as workdir:
+        try:
+            print(f"Preparing {sizes.owners} owners in {workdir} ...", flush=True)
+            template, owners = prepare(workdir, sizes.owners)
+            upstream = Upstream(client_core)
+            redis_url, redis = redis_setup(scenarios, client_core, workdir)
+            bench = Bench(
+                sizes, workdir, template, owners, upstream, server_core,
+                redis_url=redis_url, redis_pid=redis.process.pid if redis else None,
+                profile=args.profile, py_spy=args.py_spy, tracemalloc=args.tracemalloc,
+            )  # fmt: skip
+            for repeat in range(args.repeat):
+                if args.repeat > 1:
+                    print(f"Repeat {repeat + 1} of {args.repeat}")
+                asyncio.run(run_matrix(bench, servers, scenarios))
+            report(bench, sizes, args, time.monotonic() - began)
+        finally:
+            if upstream is not None:
+                upstream.stop()
+            if redis is not None:
+                redis.stop()
 
 
 if __name__ == "__main__":

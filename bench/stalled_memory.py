@@ -28,14 +28,12 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ if str(ROOT) not in sys.path:
 
 from bench.client import Owner, StreamResult, Target  # noqa: E402
 from bench.environment import django_environment  # noqa: E402
+from bench.processes import raise_open_files, work_directory  # noqa: E402
 from bench.run import prepare  # noqa: E402
 from bench.upstream import expected_text  # noqa: E402
 
@@ -327,31 +326,28 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="stalled-memory-"))
     upstream = None
-    try:
-        template, owners = prepare(workdir, args.n * args.rounds + WARM_OWNERS)
-        upstream, port = start_upstream()
-        records = []
-        for run in range(args.runs):
-            for kind in args.servers.split(","):
-                record = await one_run(args, kind, template, owners, port, workdir, run)
-                rounds = [(r["rss"], r["complete"], r["errors"]) for r in record["rounds"]]
-                print(
-                    f"run {run + 1} {kind}: RSS {record['rss']} KB; (RSS, done, errors) {rounds}",
-                    flush=True,
-                )
-                records.append(record)
-        report(records, args)
-        if args.out:
-            Path(args.out).write_text(json.dumps(records, indent=1))
-    finally:
-        if upstream is not None:
-            stop(upstream)
-        if args.keep:
-            print(f"Work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with work_directory("stalled-memory-", args.keep) as workdir:
+        try:
+            template, owners = prepare(workdir, args.n * args.rounds + WARM_OWNERS)
+            upstream, port = start_upstream()
+            records = []
+            for run in range(args.runs):
+                for kind in args.servers.split(","):
+                    record = await one_run(args, kind, template, owners, port, workdir, run)
+                    rounds = [(r["rss"], r["complete"], r["errors"]) for r in record["rounds"]]
+                    rss = record["rss"]
+                    print(
+                        f"run {run + 1} {kind}: RSS {rss} KB; (RSS, done, errors) {rounds}",
+                        flush=True,
+                    )
+                    records.append(record)
+            report(records, args)
+            if args.out:
+                Path(args.out).write_text(json.dumps(records, indent=1))
+        finally:
+            if upstream is not None:
+                stop(upstream)
 
 
 def main() -> None:
@@ -376,8 +372,7 @@ def main() -> None:
     parser.add_argument("--out", default="", help="every record, as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    raise_open_files()
     asyncio.run(main_async(args))
 
 
