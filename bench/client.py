@@ -235,13 +235,15 @@ class Target:
         timeout: float = 120.0,
         read: bool = True,
         hold: float = 0.0,
+        result: StreamResult | None = None,
     ) -> StreamResult:
         """One reply, start to ``done``; never raises: failures land in ``error``.
 
         With ``read=False`` the client sends its requests, then reads nothing of
-        the stream for ``hold`` seconds, and hangs up.
+        the stream for ``hold`` seconds, and hangs up. ``result`` is for a caller
+        that watches the reply while it runs.
         """
-        result = StreamResult(started=time.monotonic())
+        result = result or StreamResult(started=time.monotonic())
         try:
             await asyncio.wait_for(
                 self._stream(result, owner, count, rate, delay, read, hold), timeout

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -98,22 +99,24 @@ def _charged(
 
 async def profile(args: argparse.Namespace, workdir: Path) -> None:
     template, owners = prepare(workdir, args.n + WARM_OWNERS)
-    upstream, upstream_port = start_upstream()
-    db = workdir / "db.sqlite3"
-    shutil.copyfile(template, db)
-    skip = ("OPENAI", "AZURE", "REDIS", "DJANGO", "CHATSTREAM", "MALLOC_", "PYTHONTRACEMALLOC")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
-    env.update(django_environment(db, upstream_port), PYTHONUNBUFFERED="1")
-    snapshots = workdir / "snapshots"
-    env.update(
-        DJANGO_SETTINGS_MODULE="bench.stalled_settings",
-        STALLED_DUMP_DIR=str(snapshots),
-        PYTHONTRACEMALLOC=str(args.frames),
-    )
-    process, port = start_server(args.server, env, workdir / "server.log")
-    path = FLOORS["floor: django + SDK"][1] + "events=0"
-    target, n = Target(port, "chatstream"), args.n
-    try:
+    with contextlib.ExitStack() as running:
+        upstream, upstream_port = start_upstream()
+        running.callback(stop, upstream)
+        db = workdir / "db.sqlite3"
+        shutil.copyfile(template, db)
+        skip = ("OPENAI", "AZURE", "REDIS", "DJANGO", "CHATSTREAM", "MALLOC_", "PYTHONTRACEMALLOC")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+        env.update(django_environment(db, upstream_port), PYTHONUNBUFFERED="1")
+        snapshots = workdir / "snapshots"
+        env.update(
+            DJANGO_SETTINGS_MODULE="bench.stalled_settings",
+            STALLED_DUMP_DIR=str(snapshots),
+            PYTHONTRACEMALLOC=str(args.frames),
+        )
+        process, port = start_server(args.server, env, workdir / "server.log")
+        running.callback(stop, process)
+        path = FLOORS["floor: django + SDK"][1] + "events=0"
+        target, n = Target(port, "chatstream"), args.n
         for owner in owners[-WARM_OWNERS:]:
             result = await target.stream(owner, 20, 0, timeout=120)
             if result.error:
@@ -134,7 +137,7 @@ async def profile(args: argparse.Namespace, workdir: Path) -> None:
         ours_before = await _snapshot(process.pid, snapshots)
         results = [StreamResult(started=time.monotonic()) for _ in range(n)]
         streams = [
-            asyncio.ensure_future(target._stream(r, o, 1, 0, _IDLE_MODEL, True, 0))
+            asyncio.ensure_future(target.stream(o, 1, 0, _IDLE_MODEL, timeout=900, result=r))
             for r, o in zip(results, owners[:n], strict=True)
         ]
         deadline = time.monotonic() + 120
@@ -148,9 +151,6 @@ async def profile(args: argparse.Namespace, workdir: Path) -> None:
         for stream in streams:
             stream.cancel()
         await asyncio.gather(*streams, return_exceptions=True)
-    finally:
-        stop(process)
-        stop(upstream)
     left = _charged(floor_before, ours_before, "", 0)
     print(
         f"left by the floor's streams once closed: {sum(left.values()) / n:,.0f} bytes per stream"
