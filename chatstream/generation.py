@@ -36,7 +36,7 @@ from chatstream.replylog import get_reply_log
 from chatstream.replylog.base import ANSWER, REASONING, ReplyWriter
 from chatstream.signals import reply_finished
 from chatstream.text import storable
-from chatstream.tokens import estimate_messages, estimate_tokens, tokens_for_length
+from chatstream.tokens import estimate_tokens, tokens_for_length
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +46,16 @@ _WATCH_GRACE = 1.0  # seconds a cancelled stop-watcher may take to end
 
 @dataclass(frozen=True)
 class ReplySpec:
-    """Everything a generation needs, gathered by the view before the 201 is sent."""
+    """Everything a generation keeps, gathered by the view before the 201 is sent.
+
+    Not the request: its history is handed to the provider and let go once sent.
+    """
 
     reply_id: str
     connection: str
-    request: ChatRequest
+    model: str
+    #: The history's estimated tokens: the prompt's usage when the model reports none.
+    prompt_tokens: int
     #: The reply's row as created: its ending tells ``done`` from it while the database
     #: does not answer, and needs no read-back once it has finalised it.
     row: Message
@@ -68,8 +73,15 @@ def _checkpoint_row(reply_id: str, fields: dict[str, Any]) -> None:
 
 
 class Generation:
-    def __init__(self, spec: ReplySpec, writer: ReplyWriter, settings: ChatstreamSettings) -> None:
+    def __init__(
+        self,
+        spec: ReplySpec,
+        request: ChatRequest,
+        writer: ReplyWriter,
+        settings: ChatstreamSettings,
+    ) -> None:
         self.spec = spec
+        self._request: ChatRequest | None = request
         self.writer = writer
         self.settings = settings
         self.ttft_ms: int | None = None
@@ -198,9 +210,12 @@ class Generation:
         )
         budget = self.spec.token_budget
         if budget is not None:
-            budget -= estimate_messages(self.spec.request.messages)
+            budget -= self.spec.prompt_tokens
+        request, self._request = self._request, None
+        assert request is not None, "a generation runs once"
         last_checkpoint = last_pause = started
-        async with contextlib.aclosing(provider.stream(self.spec.request)) as chunks:
+        async with contextlib.aclosing(provider.stream(request)) as chunks:
+            del request  # the provider lets the history go once it is sent: so do we
             async for chunk in chunks:
                 now = loop.time()
                 if now - last_pause >= _PAUSE_EVERY:
@@ -243,9 +258,8 @@ class Generation:
         fields = ending.text_fields(self.writer.buffer.after(0))
         usage, estimated = self.usage, False
         if usage is None:
-            prompt = estimate_messages(self.spec.request.messages)
             spent = estimate_tokens(fields["content"]) + estimate_tokens(fields["reasoning"])
-            usage, estimated = Usage(prompt, spent), True
+            usage, estimated = Usage(self.spec.prompt_tokens, spent), True
         duration = asyncio.get_running_loop().time() - started
         fields.update(
             finish_reason=self.finish_reason or "",
@@ -307,11 +321,11 @@ class GenerationRegistry:
                     logger.warning("Sweep for orphaned replies failed: %s", exc)
                 await asyncio.sleep(interval)
 
-    async def start(self, spec: ReplySpec) -> None:
+    async def start(self, spec: ReplySpec, request: ChatRequest) -> None:
         """Open the reply's log, then run it; the log exists before this returns."""
         settings = get_settings()
         writer = await get_reply_log().open(spec.reply_id, spec.owner_key)
-        generation = Generation(spec, writer, settings)
+        generation = Generation(spec, request, writer, settings)
         # A fresh context: the request's thread-sensitive context would otherwise pin
         # the task's ORM calls to a thread (and DB connection) that outlives the request.
         task = asyncio.get_running_loop().create_task(
@@ -319,10 +333,11 @@ class GenerationRegistry:
             name=f"chatstream-reply-{spec.reply_id}",
             context=contextvars.Context(),
         )
-        self._tasks[spec.reply_id] = task
-        metrics.REPLIES_STARTED.labels(model=spec.request.model).inc()
+        reply_id = spec.reply_id
+        self._tasks[reply_id] = task
+        metrics.REPLIES_STARTED.labels(model=spec.model).inc()
         metrics.REPLIES_LIVE.inc()
-        task.add_done_callback(lambda _: self._ended(spec.reply_id))
+        task.add_done_callback(lambda _: self._ended(reply_id))
         shutdown.install(lambda: self.shutdown(settings.shutdown_grace))
 
     def _ended(self, reply_id: str) -> None:

@@ -245,18 +245,20 @@ async def _begin(start: Start, undo: Callable[[Message, Message], None]) -> tupl
         temperature=assistant.temperature if assistant else None,
         max_tokens=assistant.max_output_tokens if assistant else None,
     )
+    prompt_tokens = estimate_messages(history)
     spec = ReplySpec(
         str(reply.pk),
         connection,
-        request,
+        model,
+        prompt_tokens,
         reply,
         owner.key,
         admitted.token_budget,
         price=admitted.price,
-        cost_budget=_cost_budget(admitted, history),
+        cost_budget=_cost_budget(admitted, prompt_tokens),
     )
     try:
-        await registry.start(spec)
+        await registry.start(spec, request)
     except Exception as exc:
         # Nothing half-started may stay behind: the reply would block the conversation.
         await dbpool.run(undo, question, reply)
@@ -315,12 +317,12 @@ def _admit(owner: Owner, conversation: Conversation, settings: ChatstreamSetting
     return _Admission(budget, money, assistant, connection, model, pricing.price_for(model))
 
 
-def _cost_budget(admitted: _Admission, history: list[dict[str, str]]) -> int | None:
+def _cost_budget(admitted: _Admission, prompt_tokens: int) -> int | None:
     """The money left today as output tokens, once the prompt is paid for."""
     price, money = admitted.price, admitted.money_left
     if price is None or money is None:
         return None
-    prompt = price.cost({"prompt_tokens": estimate_messages(history), "completion_tokens": 0})
+    prompt = price.cost({"prompt_tokens": prompt_tokens, "completion_tokens": 0})
     return price.tokens_for(money - (prompt or 0))
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import json
 import math
 import re
 import threading
@@ -14,6 +17,7 @@ from django.db import OperationalError, connection
 from django.db.backends.signals import connection_created
 from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
+from django.utils import timezone
 
 from chatstream import dbpool, generation
 from chatstream.generation import registry
@@ -186,6 +190,92 @@ async def test_a_stop_ends_the_reply_stopped_and_closes_the_upstream(
     request = fake_openai.wait_request(prompt)
     assert await asyncio.to_thread(request.ended_event.wait, 10)
     assert request.closed_early and not request.completed
+
+
+_LONG = 400_000  # characters in each of the history's two earlier turns
+
+
+def _long_strings_held(skip: set[int]) -> list[str]:
+    """What holds a string or bytes as long as a history turn, but the objects in ``skip``.
+
+    Dicts of strings alone are not tracked by the collector: they are looked into
+    through the lists, tuples and objects that hold them.
+    """
+    found = []
+    for holder in gc.get_objects():
+        values: list[Any] = []
+        if isinstance(holder, dict):
+            values = list(holder.values())
+        elif isinstance(holder, list | tuple):
+            values = list(holder)
+        elif not isinstance(holder, type):
+            with contextlib.suppress(Exception):  # no __dict__, or one that refuses
+                values = list(vars(holder).values())
+        for value in values:
+            inner = list(value.values()) if isinstance(value, dict) else [value]
+            owner = value if isinstance(value, dict) else holder
+            if id(owner) in skip or id(holder) in skip:
+                continue
+            if any(isinstance(v, str | bytes) and len(v) >= _LONG for v in inner):
+                found.append(type(owner).__name__)
+    return found
+
+
+def _fake_copies(fake: FakeOpenAI) -> set[int]:
+    """The fake upstream's own records of what it was sent, in this test and earlier ones."""
+    ids = set()
+    for request in fake.requests:
+        items = request.body.get("messages") or request.body.get("input")
+        ids |= {id(request), id(request.body), *map(id, items if isinstance(items, list) else [])}
+    return ids
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "chatstream.providers.openai.OpenAIProvider",
+        "chatstream.providers.openai.OpenAIResponsesProvider",
+    ],
+)
+async def test_a_streaming_reply_lets_its_history_go_once_sent(
+    fake_openai: FakeOpenAI, backend: str
+) -> None:
+    """A long conversation's history is not kept (as dicts, or as the request's JSON)
+    for the minutes the model may take."""
+    settings = upstream(fake_openai)
+    settings["CONNECTIONS"]["default"] |= {"BACKEND": backend, "CONTEXT_TOKENS": 10 * _LONG}
+    prompt = fake_openai.script(
+        f"g-{uuid.uuid4().hex}", Script(tokens=["tok "] * 400, interval=0.02)
+    )
+    client = AsyncClient()
+    with override_settings(CHATSTREAM=settings):
+        conversation = await new_conversation(client)
+        question = await Message.objects.acreate(
+            conversation_id=conversation,
+            role="user",
+            content="q" * _LONG,
+            created_at=timezone.now(),
+        )
+        await Message.objects.acreate(
+            conversation_id=conversation,
+            role="assistant",
+            content="a" * _LONG,
+            reply_to=question,
+            created_at=timezone.now(),
+        )
+        del question
+        started = await send(client, conversation, prompt)
+        sent = await asyncio.to_thread(fake_openai.wait_request, prompt)
+        await asyncio.sleep(0.2)  # some text streamed
+        sent_text = json.dumps(sent.body)
+        assert sent_text.count("q" * _LONG) == sent_text.count("a" * _LONG) == 1
+        gc.collect()
+        held = _long_strings_held(_fake_copies(fake_openai))
+        reply_id = started["assistant_message"]["id"]
+        assert await get_reply_log().is_alive(reply_id), "the reply ended before the check"
+        await get_reply_log().request_stop(reply_id)
+        await registry.wait(reply_id, timeout=30)
+    assert held == []
 
 
 async def test_a_stop_that_comes_with_a_shutdown_does_not_hide_it(

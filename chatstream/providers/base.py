@@ -3,7 +3,8 @@
 A provider's ``stream()`` is an async generator. The generation always closes it
 (``aclose()``) when a reply ends early, so an implementation must release the
 upstream request in its own ``finally``/``async with``: a bare ``break`` would
-leave the model generating, and its tokens paid for.
+leave the model generating, and its tokens paid for. Nor should it keep the
+request once it is sent: its history may be most of a long reply's memory.
 """
 
 from __future__ import annotations

@@ -76,13 +76,14 @@ class DemoProvider(Provider):
         delay = float(self.options.get("first_token_delay", 0.3))
         rate = float(self.options.get("tokens_per_second", 40))
         thoughts = _TOKEN.findall(demo_thoughts(prompt)) if self.options.get("reasoning") else []
+        prompt_tokens = sum(len(_TOKEN.findall(m["content"])) for m in request.messages)
+        del request  # as a real provider, not kept while the reply streams
         await asyncio.sleep(delay)
         for kind, token in [("reasoning", t) for t in thoughts] + [("text", t) for t in tokens]:
             yield Chunk(**{kind: token})
             if rate > 0:
                 await asyncio.sleep(1 / rate)
         finish = "length" if truncated else "stop"
-        prompt_tokens = sum(len(_TOKEN.findall(m["content"])) for m in request.messages)
         spent = len(thoughts) + len(tokens)
         usage = Usage(prompt_tokens, spent, reasoning_tokens=len(thoughts) if thoughts else None)
         yield Chunk(finish_reason=finish, usage=usage)

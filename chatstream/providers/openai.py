@@ -363,6 +363,7 @@ class OpenAIProvider(Provider):
         try:
             async with contextlib.AsyncExitStack() as stack:
                 response = await self._open(stack, request)
+                del request  # sent: the history is not kept for as long as the reply streams
                 chunks = await stack.enter_async_context(contextlib.aclosing(self._read(response)))
                 async for chunk in chunks:
                     yield chunk
@@ -373,20 +374,34 @@ class OpenAIProvider(Provider):
                 "The model's server could not be reached.", code="upstream_unreachable"
             ) from None
 
-    async def _open(self, stack: contextlib.AsyncExitStack, request: ChatRequest) -> Any:
-        """Send the request; the stack closes the response, and with it the upstream."""
+    async def _open(
+        self, stack: contextlib.AsyncExitStack, request: ChatRequest
+    ) -> httpx2.Response:
+        """Send the request; the stack closes the response, and with it the upstream.
+
+        Only the HTTP response is kept, and without its request's body: the SDK's
+        response and its context manager hold the options (the whole history, as
+        dicts), the sent request its JSON. A long conversation's history would
+        otherwise stay twice in memory for as long as the model is read.
+        """
         client = self.client  # built first: it reads chatstream's OPTIONS the body needs
         for _ in range(_ATTEMPTS):
             body = self._body(request)
             try:
-                return await stack.enter_async_context(self._send(client, body))
+                # Closing the SDK's response is closing its HTTP response, and that alone.
+                response = (await self._send(client, body).__aenter__()).http_response
             except openai.APIStatusError as exc:
                 if not self._learn(exc, body, request.model):
                     raise _http_error(exc) from None
+            else:
+                stack.push_async_callback(response.aclose)
+                sent = response.request  # past redirects: its body is never sent again
+                response.request = httpx2.Request(sent.method, sent.url, headers=sent.headers)
+                return response
         raise UpstreamError("The model's server rejected the request.", code="upstream_bad_request")
 
-    async def _read(self, response: Any) -> AsyncGenerator[Chunk, None]:
-        body = response.http_response.aiter_bytes()
+    async def _read(self, response: httpx2.Response) -> AsyncGenerator[Chunk, None]:
+        body = response.aiter_bytes()
         async with contextlib.aclosing(_events(body, parse_chunk)) as chunks:
             async for chunk in chunks:
                 yield chunk
@@ -575,8 +590,8 @@ class OpenAIResponsesProvider(OpenAIProvider):
         responses = client.responses.with_streaming_response
         return responses.create(**rest, extra_body={"input": body["input"]})
 
-    async def _read(self, response: Any) -> AsyncGenerator[Chunk, None]:
-        body = response.http_response.aiter_bytes()
+    async def _read(self, response: httpx2.Response) -> AsyncGenerator[Chunk, None]:
+        body = response.aiter_bytes()
         parsed: AsyncGenerator[Chunk | StreamFailure, None] = _events(body, parse_event)
         async with contextlib.aclosing(parsed) as events:
             async for event in events:
