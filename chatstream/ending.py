@@ -34,7 +34,7 @@ from django.utils.dateparse import parse_datetime
 
 from chatstream import dbpool, metrics
 from chatstream.compiled import CompiledUpdate
-from chatstream.models import Message, Status
+from chatstream.models import Conversation, Message, Status
 from chatstream.replylog import ReplyLog, get_reply_log
 from chatstream.replylog.base import ANSWER, REASONING, Part, ReplyWriter, wait_done
 from chatstream.serializers import message_payload
@@ -126,7 +126,13 @@ def _finalise_row(
     # The conversation's updated_at moved when the turn began: no second write here.
     won = write_streaming(reply_id, fields)
     if won and row is not None:
-        return finalised(row, fields), True
+        message = finalised(row, fields)
+        if reply_finished.has_listeners(Message) and not Message.conversation.is_cached(message):
+            # Receivers get what a read-back gives them; nothing kept it while streaming.
+            conversation = Conversation.objects.filter(pk=message.conversation_id).first()
+            if conversation is not None:  # else deleted meanwhile, the reply with it
+                message.conversation = conversation
+        return message, True
     try:
         message = Message.objects.select_related("conversation").get(pk=reply_id)
     except Message.DoesNotExist:  # deleted meanwhile (its conversation, its owner)

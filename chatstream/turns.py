@@ -155,15 +155,15 @@ def _history(reply: Message, assistant: Assistant | None, budget: int) -> list[d
 def _new_reply(
     conversation: Conversation, question: Message, assistant: Assistant | None, model: str
 ) -> Message:
-    """An unsaved streaming reply to ``question``, holding its conversation (for
-    ``reply_finished`` receivers, which get the finalised reply without a query) but not
-    the question: kept for as long as the reply streams, it may be long."""
+    """An unsaved streaming reply to ``question``. Kept for as long as the reply streams,
+    it holds ids, not the rows they name (the question may be long); the ending loads
+    the conversation for ``reply_finished`` receivers, if there are any."""
     return Message(
-        conversation=conversation,
+        conversation_id=conversation.pk,
         role=Role.ASSISTANT,
         status=Status.STREAMING,
         reply_to_id=question.pk,
-        assistant=assistant,
+        assistant_id=assistant.pk if assistant else None,
         model=model,
         # After its question even where the clock's resolution is coarse.
         created_at=max(timezone.now(), question.created_at + timedelta(microseconds=1)),
