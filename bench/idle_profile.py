@@ -7,7 +7,8 @@ One server (pinned to core 0, the fake upstream and this client on core 1), trac
 by tracemalloc (``--frames`` deep, so a few times slower), warmed up; then ``-n``
 idle streams of the floor's relay (``floor: django + SDK``, whose model never
 answers) and, once they have hung up, ``-n`` idle chatstream streams (the page's
-POST, the model silent for ten minutes). A snapshot before and after each group
+POST, the model silent for ten minutes; ``--history N`` gives each conversation N
+earlier turns, as ``bench/setup_cost.py`` does). A snapshot before and after each group
 gives what an open stream of each keeps. Each allocation is charged to the
 outermost frame of this repository's code in its traceback (a view, a middleware,
 the generation's task, a pool thread's unit; "(none)" for the server's own), and
@@ -98,7 +99,7 @@ def _charged(
 
 
 async def profile(args: argparse.Namespace, workdir: Path) -> None:
-    template, owners = prepare(workdir, args.n + WARM_OWNERS)
+    template, owners = prepare(workdir, args.n + WARM_OWNERS, args.history)
     with contextlib.ExitStack() as running:
         upstream, upstream_port = start_upstream()
         running.callback(stop, upstream)
@@ -165,7 +166,8 @@ async def profile(args: argparse.Namespace, workdir: Path) -> None:
 def report(floor: collections.Counter[str], ours: collections.Counter[str], args: Any) -> None:
     per = 1 / args.n
     print(
-        f"{args.server}, {args.n} idle streams each, bytes kept per stream: chatstream "
+        f"{args.server}, {args.n} idle streams each, {args.history} earlier turns, "
+        f"bytes kept per stream: chatstream "
         f"{sum(ours.values()) * per:,.0f}, the floor {sum(floor.values()) * per:,.0f}"
     )
     print(f"{'difference':>10} {'chatstream':>10} {'floor':>8}  charged to")
@@ -179,6 +181,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default="uvicorn", choices=["daphne", "uvicorn"])
     parser.add_argument("-n", type=int, default=100, help="idle streams of each kind")
+    parser.add_argument(
+        "--history", type=int, default=0, help="earlier turns in each chatstream conversation"
+    )
     parser.add_argument("--frames", type=int, default=25, help="tracemalloc's traceback depth")
     parser.add_argument("--top", type=int, default=25, help="rows to print")
     parser.add_argument(

@@ -49,8 +49,9 @@ from bench.report import report  # noqa: E402
 from bench.scenarios import run_matrix  # noqa: E402
 
 
-def prepare(workdir: Path, count: int) -> tuple[Path, list[Owner]]:
-    """One migrated, seeded database with ``count`` owners, each with a conversation."""
+def prepare(workdir: Path, count: int, turns: int = 0) -> tuple[Path, list[Owner]]:
+    """One migrated, seeded database with ``count`` owners, each with a conversation
+    of ``turns`` earlier question-and-answer pairs."""
     template = workdir / "template.sqlite3"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "REDIS", "DJANGO"))}
     env.update(
@@ -64,7 +65,7 @@ def prepare(workdir: Path, count: int) -> tuple[Path, list[Owner]]:
         subprocess.run([PYTHON, *command], cwd=ROOT, env=env, check=True, capture_output=True)
     owners_file = workdir / "owners.json"
     subprocess.run(
-        [PYTHON, "-m", "bench.prepare", str(count), str(owners_file)],
+        [PYTHON, "-m", "bench.prepare", str(count), str(owners_file), str(turns)],
         cwd=ROOT,
         env=env,
         check=True,
