@@ -36,8 +36,13 @@ class EventStreamResponse(StreamingHttpResponse):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         release_request_thread()
-        # Ours is async (wrapping middleware keeps it so under ASGI): it has aclose().
-        content = cast(AsyncGenerator[bytes, None], self.streaming_content)
+        if getattr(self, "_iterator", None) is self._events:  # where Django keeps it
+            # Not wrapped by middleware: ours, bytes already, without Django's wrapping
+            # generator (and its closure) kept for as long as the stream is open.
+            content = self._events
+        else:
+            # Ours is async (wrapping middleware keeps it so under ASGI): it has aclose().
+            content = cast(AsyncGenerator[bytes, None], self.streaming_content)
         try:
             async for part in content:
                 yield part

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from asgiref.sync import markcoroutinefunction
 from asgiref.testing import ApplicationCommunicator
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished
@@ -26,9 +27,16 @@ async def _three() -> AsyncIterator[bytes]:
         await asyncio.sleep(0)
 
 
+#: Each time an ``endless`` stream's generator was closed.
+closed: list[str] = []
+
+
 async def _until_gone() -> AsyncIterator[bytes]:
-    yield b"data: first\n\n"
-    await asyncio.Event().wait()
+    try:
+        yield b"data: first\n\n"
+        await asyncio.Event().wait()
+    finally:
+        closed.append("endless")
 
 
 async def stream(request: HttpRequest) -> EventStreamResponse:
@@ -44,6 +52,28 @@ async def plain(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [path("stream/", stream), path("endless/", endless), path("plain/", plain)]
+
+
+def shouting(get_response: Any) -> Any:
+    """A middleware that wraps a streaming response's content, as compressing ones do."""
+
+    async def middleware(request: HttpRequest) -> Any:
+        response = await get_response(request)
+        if response.streaming:
+            inner = response.streaming_content
+
+            async def upper() -> AsyncIterator[bytes]:
+                async for part in inner:
+                    yield part.upper()
+
+            response.streaming_content = upper()
+        return response
+
+    return markcoroutinefunction(middleware)
+
+
+shouting.async_capable = True  # type: ignore[attr-defined]
+shouting.sync_capable = False  # type: ignore[attr-defined]
 
 
 async def _get(handler: ASGIHandler, path: str) -> bytes:
@@ -117,3 +147,35 @@ async def test_a_stream_the_client_left_ends_on_it_too_and_it_stays_up(
     finished_on.clear()
     assert await _get(handler, "/stream/") == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
     assert len(finished_on) == 1 and finished_on[0].startswith("chatstream-close")
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+async def test_a_stream_is_served_as_middleware_left_it_and_closed(
+    wrapped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unwrapped, the view's own generator is streamed (no per-part wrapping by Django);
+    wrapped, what the middleware made of it. Either way the view's generator is closed."""
+    wrapped_parts: list[bytes] = []
+    make_bytes = EventStreamResponse.make_bytes
+
+    def counted(self: EventStreamResponse, value: Any) -> bytes:
+        wrapped_parts.append(value)
+        return make_bytes(self, value)
+
+    monkeypatch.setattr(EventStreamResponse, "make_bytes", counted)
+    middleware = [f"{__name__}.shouting"] if wrapped else []
+    with override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=middleware):
+        handler = ASGIHandler()
+        body = await _get(handler, "/stream/")
+        closed.clear()
+        communicator = ApplicationCommunicator(handler, http_scope("GET", "/endless/"))
+        await communicator.send_input({"type": "http.request", "body": b""})
+        assert (await communicator.receive_output(10))["status"] == 200
+        first = (await communicator.receive_output(10))["body"]
+        await communicator.send_input({"type": "http.disconnect"})
+        await communicator.wait(10)
+    expected = b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert body == (expected.upper() if wrapped else expected)
+    assert first == (b"DATA: FIRST\n\n" if wrapped else b"data: first\n\n")
+    assert bool(wrapped_parts) == wrapped
+    assert closed == ["endless"]
