@@ -87,8 +87,8 @@ class Generation:
         self.ttft_ms: int | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
-        self._saved: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._saved.set_result(None)
+        #: The checkpoint being written, if one is.
+        self._saved: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         """The task's body. Its database work runs on ``dbpool``; the thread-sensitive
@@ -109,7 +109,8 @@ class Generation:
                     await self._count_spending(reply.fields)
                     # A checkpoint still waiting on the database writes nothing once the
                     # reply is final; it never holds up the ending, only the task's end.
-                    await asyncio.gather(self._saved, return_exceptions=True)
+                    if self._saved is not None:
+                        await asyncio.gather(self._saved, return_exceptions=True)
             finally:
                 if reply_finished.has_listeners(Message):
                     # Its sync receivers ran on this context's thread: close what they opened.
@@ -240,7 +241,7 @@ class Generation:
                     self.finish_reason = chunk.finish_reason
                 if chunk.usage is not None:
                     self.usage = chunk.usage
-                if interval and now - last_checkpoint >= interval and self._saved.done():
+                if interval and now - last_checkpoint >= interval and self._saved is None:
                     # In the background: a slow database never holds up the tokens.
                     last_checkpoint = now
                     self._saved = asyncio.ensure_future(self._checkpoint())
@@ -252,6 +253,8 @@ class Generation:
             await dbpool.run(_checkpoint_row, self.spec.reply_id, fields)
         except Exception as exc:
             logger.warning("Checkpoint of reply %s failed: %s", self.spec.reply_id, exc)
+        finally:
+            self._saved = None
 
     def _fields(self, started: float) -> dict[str, Any]:
         """The row's final fields but its status, from what the reply got to."""
