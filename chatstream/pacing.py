@@ -14,9 +14,7 @@ stops when the last one leaves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
-from collections.abc import Iterator
 
 from chatstream import metrics
 
@@ -33,6 +31,20 @@ class LoopLag:
         self.lag = 0.0
         self.readers = 0
         self.task: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> LoopLag:
+        self.readers += 1
+        if self.task is None:
+            loop = asyncio.get_running_loop()
+            self.task = loop.create_task(self.sample(), name="chatstream event-loop lag")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.readers -= 1
+        if not self.readers and self.task is not None:
+            self.task.cancel()
+            self.task, self.lag = None, 0.0
+            metrics.EVENT_LOOP_LAG.set(0.0)
 
     def note(self, late: float) -> None:
         late = max(0.0, late)
@@ -61,21 +73,13 @@ class LoopLag:
 _gauges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLag] = weakref.WeakKeyDictionary()
 
 
-@contextlib.contextmanager
-def watched() -> Iterator[LoopLag]:
-    """The running loop's lag gauge, sampled for as long as any reader holds it."""
+def watched() -> LoopLag:
+    """The running loop's lag gauge; sampled while any reader is inside ``with`` it.
+
+    One per loop, and its own context manager: a reader keeps no object of its own.
+    """
     loop = asyncio.get_running_loop()
     gauge = _gauges.get(loop)
     if gauge is None:
         gauge = _gauges[loop] = LoopLag()
-    gauge.readers += 1
-    if gauge.task is None:
-        gauge.task = loop.create_task(gauge.sample(), name="chatstream event-loop lag")
-    try:
-        yield gauge
-    finally:
-        gauge.readers -= 1
-        if not gauge.readers and gauge.task is not None:
-            gauge.task.cancel()
-            gauge.task, gauge.lag = None, 0.0
-            metrics.EVENT_LOOP_LAG.set(0.0)
+    return gauge
