@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextvars
+import functools
 import os
 import socket
 from collections.abc import Mapping
@@ -57,8 +59,8 @@ class LogRead:
         return "".join(part.text for part in self.parts)
 
 
-def settle(future: asyncio.Future[None]) -> None:
-    """Complete ``future`` unless something did already.
+def settle(future: asyncio.Future[None], _: object = None) -> None:
+    """Complete ``future`` unless something did already (as a done-callback too).
 
     A reply's stop is such a future rather than an ``asyncio.Event``: it is kept
     for as long as the reply streams, and an Event's waiter deque is 600 bytes.
@@ -78,18 +80,21 @@ def cancel_requested() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+#: What ``settle`` runs in: it reads no context variable.
+_NO_CONTEXT = contextvars.Context()
+
+
 async def wait_done(future: asyncio.Future[Any], timeout: float) -> bool:
     """Whether ``future`` completed within ``timeout``; without ``wait_for``'s task per call."""
     if future.done() or timeout <= 0:
         return future.done()
     loop = future.get_loop()
-    waiter = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        settle(waiter)
-
-    future.add_done_callback(wake)
-    timer = loop.call_later(timeout, wake)
+    waiter: asyncio.Future[None] = loop.create_future()
+    # A waiting reader keeps these for as long as the model is silent: a partial and
+    # one shared context, not a closure and a copy of the context per callback.
+    wake = functools.partial(settle, waiter)
+    future.add_done_callback(wake, context=_NO_CONTEXT)
+    timer = loop.call_later(timeout, wake, context=_NO_CONTEXT)
     try:
         await waiter
     finally:
