@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -331,19 +332,18 @@ class GenerationRegistry:
         generation = Generation(spec, request, writer, settings)
         # A fresh context: the request's thread-sensitive context would otherwise pin
         # the task's ORM calls to a thread (and DB connection) that outlives the request.
+        # Its end runs there too, rather than in a copy of the request's context.
+        context = contextvars.Context()
         task = asyncio.get_running_loop().create_task(
-            generation.run(),
-            name=f"chatstream-reply-{spec.reply_id}",
-            context=contextvars.Context(),
+            generation.run(), name=f"chatstream-reply-{spec.reply_id}", context=context
         )
-        reply_id = spec.reply_id
-        self._tasks[reply_id] = task
+        self._tasks[spec.reply_id] = task
         metrics.REPLIES_STARTED.labels(model=spec.model).inc()
         metrics.REPLIES_LIVE.inc()
-        task.add_done_callback(lambda _: self._ended(reply_id))
+        task.add_done_callback(functools.partial(self._ended, spec.reply_id), context=context)
         shutdown.install(lambda: self.shutdown(settings.shutdown_grace))
 
-    def _ended(self, reply_id: str) -> None:
+    def _ended(self, reply_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(reply_id, None)
         metrics.REPLIES_LIVE.dec()
 
