@@ -333,12 +333,12 @@ class OpenAIProvider(Provider):
 
     def _send(self, client: openai.AsyncOpenAI, body: dict[str, Any]) -> Any:
         """The SDK's streamed-response context manager for one request."""
-        # The SDK walks every message through its TypedDict unions before sending: about
-        # 7 ms of event-loop CPU for 40 turns, to change nothing in plain role/content
-        # dicts. extra_body is merged after that walk, so the messages skip it.
-        rest = {key: value for key, value in body.items() if key != "messages"}
+        # The SDK walks what it is given through its TypedDict unions before sending:
+        # about 7 ms of event-loop CPU for 40 turns, and 40 µs for the other parameters,
+        # to change nothing in them. extra_body is merged after that walk, so all but
+        # what create() requires skips it.
         completions = client.chat.completions.with_streaming_response
-        return completions.create(**rest, messages=[], extra_body={"messages": body["messages"]})
+        return completions.create(model=body["model"], messages=[], stream=True, extra_body=body)
 
     def _learn(self, exc: openai.APIStatusError, body: Mapping[str, Any], model: str) -> bool:
         """Remember a parameter the server refused; ``True`` when asking again may help."""
@@ -396,7 +396,7 @@ class OpenAIProvider(Provider):
             else:
                 stack.push_async_callback(response.aclose)
                 sent = response.request  # past redirects: its body is never sent again
-                response.request = httpx2.Request(sent.method, sent.url, headers=sent.headers)
+                response.request = httpx2.Request(sent.method, sent.url)
                 return response
         raise UpstreamError("The model's server rejected the request.", code="upstream_bad_request")
 
@@ -585,10 +585,9 @@ class OpenAIResponsesProvider(OpenAIProvider):
         return body
 
     def _send(self, client: openai.AsyncOpenAI, body: dict[str, Any]) -> Any:
-        # As for chat messages: the input items skip the SDK's transform.
-        rest = {key: value for key, value in body.items() if key != "input"}
+        # As for Chat Completions: the body skips the SDK's transform.
         responses = client.responses.with_streaming_response
-        return responses.create(**rest, extra_body={"input": body["input"]})
+        return responses.create(model=body["model"], stream=True, extra_body=body)
 
     async def _read(self, response: httpx2.Response) -> AsyncGenerator[Chunk, None]:
         body = response.aiter_bytes()
