@@ -8,7 +8,9 @@ process's CPU time (every thread) per reply for chatstream and for the baseline
 relay, each the median of ``--rounds`` rounds of ``--replies`` replies.
 ``--count`` prints, instead, what one reply does: its hops to a thread
 (``sync_to_async`` calls), the threads it starts, its database queries and its
-round trips to Redis (one per command, script or pipeline sent).
+round trips to Redis (one per command, script or pipeline sent). ``--parts`` splits the
+CPU: this process's event loop, chatstream's database units (``chatstream.dbpool``,
+where the relay has none) and the rest, other threads (a request's own thread).
 ``--history N`` gives every reply N earlier question-and-answer turns (the
 baseline sends the same turns to the SDK); ``--database-url`` and ``--redis-url``
 run it on PostgreSQL and with Redis, as a production worker would.
@@ -16,6 +18,7 @@ run it on PostgreSQL and with Redis, as a production worker would.
     .venv/bin/python bench/setup_cost.py
     .venv/bin/python bench/setup_cost.py --history 20
     .venv/bin/python bench/setup_cost.py --two-requests
+    .venv/bin/python bench/setup_cost.py --parts
     py-spy record --gil -f raw -o setup.txt -- .venv/bin/python bench/setup_cost.py
 
 Not a load test: it leaves out the HTTP server's share, and shows where a change
@@ -173,14 +176,35 @@ def count_calls() -> dict[str, int]:
     return counts
 
 
-async def measure(args: argparse.Namespace, owners: list[dict[str, str]]) -> dict[str, list[float]]:
-    from project.middleware import ASGIHandler
+def time_units() -> list[int]:
+    """CPU nanoseconds spent in chatstream's database units (``chatstream.dbpool``), from now
+    on: the work a reply's set-up and ending do on a thread, where the relay has none."""
+    from chatstream import dbpool
 
-    app = ASGIHandler()  # the demo project's, as project.asgi serves it
+    spent = [0]
+    unit = dbpool._unit
+
+    def timed(fn: Any, args: tuple[Any, ...]) -> Any:
+        began = time.thread_time_ns()
+        try:
+            return unit(fn, args)
+        finally:
+            spent[0] += time.thread_time_ns() - began
+
+    dbpool._unit = timed  # type: ignore[assignment]
+    return spent
+
+
+Rounds = dict[str, dict[str, list[float]]]  # relay -> part -> ms per reply, one per round
+
+
+async def measure(args: argparse.Namespace, owners: list[dict[str, str]]) -> Rounds:
+    from project.asgi import django_application as app  # as served: its collector tuned
+
     chatstream = chatstream_two_requests if args.two_requests else chatstream_reply
     relays = {"chatstream": chatstream, "baseline": baseline_reply}
     relays = {name: relays[name] for name in args.relays.split(",")}
-    cpu: dict[str, list[float]] = {name: [] for name in relays}
+    cpu: Rounds = {name: {"all": [], "loop": [], "units": []} for name in relays}
     used = iter(owners)
     for reply in relays.values():  # warm-up: imports, pools, the SDK client
         for _ in range(5):
@@ -196,12 +220,16 @@ async def measure(args: argparse.Namespace, owners: list[dict[str, str]]) -> dic
                 f"  {name:10}", ", ".join(f"{k} {v / args.replies:.1f}" for k, v in counts.items())
             )
         return cpu
+    units = time_units() if args.parts else [0]
     for _ in range(args.rounds):
         for name, reply in relays.items():
-            began = time.process_time()
+            began, loop, unit = time.process_time(), time.thread_time(), units[0]
             for _ in range(args.replies):
                 await reply(app, next(used))
-            cpu[name].append((time.process_time() - began) / args.replies * 1000)
+            parts = cpu[name]
+            parts["all"].append((time.process_time() - began) / args.replies * 1000)
+            parts["loop"].append((time.thread_time() - loop) / args.replies * 1000)  # this thread
+            parts["units"].append((units[0] - unit) / args.replies / 1e6)
     return cpu
 
 
@@ -217,6 +245,11 @@ def main() -> None:
         "--count",
         action="store_true",
         help="per reply: thread hops, thread starts, queries, Redis round trips",
+    )
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="split the CPU: the event loop, chatstream's database units, other threads",
     )
     parser.add_argument("--history", type=int, default=0, help="earlier turns per reply")
     parser.add_argument(
@@ -262,11 +295,21 @@ def main() -> None:
         f"CPU per reply set-up ({requests}), {args.history} earlier turns, "
         f"median of {args.rounds} rounds of {args.replies}:"
     )
-    for name, rounds in cpu.items():
-        listed = ", ".join(f"{v:.2f}" for v in rounds)
-        print(f"  {name:10} {statistics.median(rounds):.2f} ms  (rounds: {listed})")
+    for name, parts in cpu.items():
+        listed = ", ".join(f"{v:.2f}" for v in parts["all"])
+        print(f"  {name:10} {statistics.median(parts['all']):.2f} ms  (rounds: {listed})")
+        if args.parts:
+            split = zip(parts["all"], parts["loop"], parts["units"], strict=True)
+            rest = statistics.median(a - b - c for a, b, c in split)
+            loop, units = statistics.median(parts["loop"]), statistics.median(parts["units"])
+            print(
+                f"  {'':10} event loop {loop:.2f}, database units {units:.2f}, "
+                f"other threads {rest:.2f}"
+            )
     if len(cpu) == 2:
-        ratio = statistics.median(cpu["chatstream"]) / statistics.median(cpu["baseline"])
+        ratio = statistics.median(cpu["chatstream"]["all"]) / statistics.median(
+            cpu["baseline"]["all"]
+        )
         print(f"  ratio      {ratio:.2f}")
 
 
