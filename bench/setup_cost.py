@@ -191,7 +191,7 @@ def time_units() -> list[int]:
         finally:
             spent[0] += time.thread_time_ns() - began
 
-    dbpool._unit = timed  # type: ignore[assignment]
+    dbpool._unit = timed
     return spent
 
 
