@@ -156,6 +156,8 @@ def count_calls() -> dict[str, int]:
     from redis.asyncio.connection import AbstractConnection
     from redis.connection import AbstractConnection as SyncConnection
 
+    from chatstream import compiled
+
     counts = {"hops": 0, "threads": 0, "queries": 0, "redis": 0}
 
     def counting(name: str, method: Any) -> Any:
@@ -169,6 +171,8 @@ def count_calls() -> dict[str, int]:
     threading.Thread.start = counting("threads", threading.Thread.start)  # type: ignore[method-assign]
     execute = "_execute_with_wrappers"  # every query, whichever execute* was called
     setattr(CursorWrapper, execute, counting("queries", getattr(CursorWrapper, execute)))
+    driver = compiled._execute  # chatstream's compiled statements, on the driver's cursor
+    compiled._execute = counting("queries", driver)
     # One send per command or pipeline; the stop subscription's reads are not sends.
     for connection in (AbstractConnection, SyncConnection):
         send = connection.send_packed_command

@@ -266,6 +266,32 @@ def test_an_update_changes_what_queryset_update_changes_nulls_included(
         streaming.update({"content": Message.objects.none()}, mine[1].pk, Status.STREAMING)
 
 
+def test_statements_on_the_driver_pass_the_connections_wrappers_and_are_logged_when_asked() -> None:
+    mine = _conversation_with_turns(1)
+    seen: list[tuple[str, bool]] = []
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append((sql.split()[0], context["connection"].alias))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):
+        assert _HISTORY.rows(mine.pk, T0 + timedelta(days=1)) == [
+            ("user", "q0"),
+            ("assistant", "a0"),
+        ]
+        assert (
+            CompiledUpdate(
+                Conversation, lambda pk: Conversation.objects.filter(pk=pk), ["id"]
+            ).update({"title": "renamed"}, mine.pk)
+            == 1
+        )
+    assert seen == [("SELECT", "default"), ("UPDATE", "default")]
+    assert Conversation.objects.get(pk=mine.pk).title == "renamed"
+    with CaptureQueriesContext(connection) as queries:
+        _HISTORY.rows(mine.pk, T0)
+    assert [query["sql"].split()[0] for query in queries] == ["SELECT"]
+
+
 @pytest.mark.skipif(bool(os.environ.get("TEST_DATABASE_URL")), reason="on PostgreSQL already")
 def test_the_same_on_postgresql() -> None:
     """Each database compiles its own dialect and prepares values its own way (UUIDs,
@@ -280,4 +306,4 @@ def test_the_same_on_postgresql() -> None:
             timeout=300,
         )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "9 passed" in run.stdout
+    assert "10 passed" in run.stdout

@@ -20,7 +20,6 @@ import redis
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.db import OperationalError
-from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
@@ -34,6 +33,7 @@ from chatstream.signals import reply_finished
 from tests.conftest import ROOT, RedisServer, new_postgres_database
 from tests.fake_openai import FakeOpenAI, Script
 from tests.settings import CHATSTREAM as TEST_CHATSTREAM
+from tests.statements import on_statements
 from tests.test_generation import upstream
 from tests.test_views import SLOW_DEMO, error_of, new_conversation, post, send, stream_text
 
@@ -58,16 +58,14 @@ class Refusal:
 @pytest.fixture
 def refuse_final_writes(monkeypatch: pytest.MonkeyPatch) -> Refusal:
     refusal = Refusal()
-    original = CursorWrapper._execute_with_wrappers
 
-    def refusing(self: CursorWrapper, sql: str, *args: Any, **kwargs: Any) -> Any:
+    def refusing(sql: str) -> None:
         final = sql.lstrip().upper().startswith('UPDATE "CHATSTREAM_MESSAGE"')
         if refusal.on.is_set() and final and '"finished_at"' in sql:
             refusal.refused += 1
             raise OperationalError("database is locked")
-        return original(self, sql, *args, **kwargs)
 
-    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", refusing)
+    on_statements(monkeypatch, refusing)
     return refusal
 
 
@@ -115,11 +113,6 @@ async def test_the_finalised_reply_is_the_row_as_written_without_reading_it_back
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     statements: list[str] = []
-    original = CursorWrapper._execute_with_wrappers
-
-    def recording(self: CursorWrapper, sql: str, *args: Any, **kwargs: Any) -> Any:
-        statements.append(sql)
-        return original(self, sql, *args, **kwargs)
 
     received: list[tuple[dict[str, Any], str]] = []
 
@@ -130,7 +123,7 @@ async def test_the_finalised_reply_is_the_row_as_written_without_reading_it_back
     client = AsyncClient()
     conversation = await new_conversation(client)
     reply_finished.connect(receiver)
-    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", recording)
+    on_statements(monkeypatch, statements.append)
     try:
         started = await send(client, conversation, "hello there")
         reply_id = started["assistant_message"]["id"]

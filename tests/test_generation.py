@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from django.db import OperationalError, connection
 from django.db.backends.signals import connection_created
-from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
@@ -25,6 +24,7 @@ from chatstream.models import Message
 from chatstream.replylog import get_reply_log
 from tests.fake_openai import FakeOpenAI, Script
 from tests.settings import CHATSTREAM as TEST_CHATSTREAM
+from tests.statements import on_statements
 from tests.test_views import finish, new_conversation, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,14 +45,12 @@ class WriteCounter:
 def count_writes(monkeypatch: pytest.MonkeyPatch) -> WriteCounter:
     # Every statement of every connection passes here, whichever thread opened it.
     counter = WriteCounter()
-    original = CursorWrapper._execute_with_wrappers
 
-    def counting(self: CursorWrapper, sql: str, *args: Any, **kwargs: Any) -> Any:
+    def counting(sql: str) -> None:
         if _WRITE.match(sql):
             counter.writes.append(sql.split()[0].upper())
-        return original(self, sql, *args, **kwargs)
 
-    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", counting)
+    on_statements(monkeypatch, counting)
     return counter
 
 

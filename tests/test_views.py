@@ -10,7 +10,6 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import OperationalError
-from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient, override_settings
 
 from chatstream import dbpool, turns
@@ -20,6 +19,7 @@ from chatstream.providers.demo import demo_reply
 from chatstream.signals import reply_finished
 from tests.settings import CHATSTREAM as TEST_CHATSTREAM
 from tests.sse_client import parse_events
+from tests.statements import on_statements
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -280,18 +280,16 @@ async def test_a_live_reply_streams_to_its_owner_without_reading_the_database(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reads: list[str] = []
-    original = CursorWrapper._execute_with_wrappers
 
-    def recording(self: CursorWrapper, sql: str, *args: Any, **kwargs: Any) -> Any:
+    def recording(sql: str) -> None:
         if sql.lstrip().upper().startswith("SELECT") and "chatstream_message" in sql:
             reads.append(sql)
-        return original(self, sql, *args, **kwargs)
 
     with override_settings(CHATSTREAM=SLOW_DEMO):
         owner, stranger = AsyncClient(), AsyncClient()
         started = await send(owner, await new_conversation(owner))
         await new_conversation(stranger)  # a visitor with an owner id of their own
-        monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", recording)
+        on_statements(monkeypatch, recording)
         response = await owner.get(started["stream_url"])
         assert (response.status_code, reads) == (200, [])
         # Someone else asking for it is answered from the database: not theirs.
