@@ -268,7 +268,7 @@ def test_an_update_changes_what_queryset_update_changes_nulls_included(
 
 def test_statements_on_the_driver_pass_the_connections_wrappers_and_are_logged_when_asked() -> None:
     mine = _conversation_with_turns(1)
-    seen: list[tuple[str, bool]] = []
+    seen: list[tuple[str, str]] = []
 
     def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         seen.append((sql.split()[0], context["connection"].alias))
