@@ -57,6 +57,41 @@ async def test_a_paced_model_gets_a_frame_per_token() -> None:
     assert [item.text for _, item in items if isinstance(item, Delta)] == tokens
 
 
+async def test_a_model_that_slows_down_is_followed_at_its_own_pace_again() -> None:
+    """Fast text, then silence: the fast part is merged, the silence gets its
+    keepalives, and the late token is sent as it comes, not held for an interval."""
+    reply_id, clock = str(uuid.uuid4()), asyncio.get_running_loop().time
+    fast = [f"f{i} " for i in range(30)]
+    written: dict[str, float] = {}
+
+    async def model() -> None:
+        writer = await get_reply_log().open(reply_id)
+        for token in fast:
+            await asyncio.sleep(0.005)
+            await writer.append(token)
+        await asyncio.sleep(0.7)
+        written["late"] = clock()
+        await writer.append("late")
+        await asyncio.sleep(0.3)
+        await writer.close({"status": "complete"})
+
+    async def reader() -> list[tuple[float, Delta | Ending | None]]:
+        return [(clock(), item) async for item in follow(reply_id, 0)]
+
+    settings = {**BASE, "FLUSH_INTERVAL": 0.1, "KEEPALIVE_INTERVAL": 0.25}
+    with override_settings(CHATSTREAM=settings):
+        task = asyncio.create_task(model())
+        items = await asyncio.wait_for(reader(), timeout=30)
+        await task
+    deltas = [(at, item) for at, item in items if isinstance(item, Delta)]
+    assert "".join(d.text for _, d in deltas) == "".join(fast) + "late"
+    assert len(deltas) < len(fast) / 3  # the fast part was merged
+    late_at = next(at for at, item in deltas if item.text.endswith("late"))
+    assert late_at - written["late"] < 0.09  # not held for an interval
+    assert any(item is None for _, item in items)  # the silence had its keepalive
+    assert isinstance(items[-1][1], Ending)
+
+
 async def test_readers_are_counted_in_the_log_only_where_the_policy_reads_the_count() -> None:
     counted = {}
     for policy in ("continue", "cancel"):

@@ -400,11 +400,8 @@ class OpenAIProvider(Provider):
                 return response
         raise UpstreamError("The model's server rejected the request.", code="upstream_bad_request")
 
-    async def _read(self, response: httpx2.Response) -> AsyncGenerator[Chunk, None]:
-        body = response.aiter_bytes()
-        async with contextlib.aclosing(_events(body, parse_chunk)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+    def _read(self, response: httpx2.Response) -> AsyncGenerator[Chunk, None]:
+        return _events(response.aiter_bytes(), parse_chunk)  # no generator of its own per chunk
 
 
 async def _events(
