@@ -117,7 +117,7 @@ def _execute(
         )
         try:
             if connection.execute_wrappers:
-                _run_wrapped(connection, cursor, driver_sql, params)
+                _run_wrapped(connection, cursor, sql, driver_sql, params)
             else:
                 cursor.execute(driver_sql, params)
             return (cursor.fetchall() if fetch else []), cursor.rowcount
@@ -125,9 +125,15 @@ def _execute(
             cursor.close()
 
 
-def _run_wrapped(connection: BaseDatabaseWrapper, cursor: Any, sql: str, params: Any) -> Any:
-    def execute(sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        return cursor.execute(sql, params)
+def _run_wrapped(
+    connection: BaseDatabaseWrapper, cursor: Any, sql: str, driver_sql: str, params: Any
+) -> Any:
+    """The wrappers see the SQL in Django's form, as its cursor gives it, and may change it."""
+
+    def execute(wrapped: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        return cursor.execute(
+            driver_sql if wrapped == sql else _for_driver(wrapped, connection), params
+        )
 
     for wrapper in reversed(connection.execute_wrappers):
         execute = functools.partial(wrapper, execute)

@@ -272,7 +272,8 @@ def test_statements_on_the_driver_pass_the_connections_wrappers_and_are_logged_w
 
     def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         seen.append((sql.split()[0], context["connection"].alias))
-        return execute(sql, params, many, context)
+        assert "%s" in sql and "?" not in sql  # Django's form, as its own cursor gives it
+        return execute(f"/* tagged */ {sql}", params, many, context)  # e.g. sqlcommenter
 
     with connection.execute_wrapper(wrapper):
         assert _HISTORY.rows(mine.pk, T0 + timedelta(days=1)) == [
